@@ -1,0 +1,8 @@
+"""Facial-expression recognition on FER-2013 with PyTorch Lightning and Hydra."""
+
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+"""The 7 classes, in the order of the model's outputs (alphabetical, as the Kaggle folders)."""
+
+
+class FERError(Exception):
+    """Bad input from the user (file, CSV row, folder or config value); the message names it."""

@@ -1,0 +1,128 @@
+"""The one LightningDataModule: cached uint8 splits in, augmented float batches on the device out."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset, WeightedRandomSampler
+
+from fer import EMOTIONS, FERError
+from fer.data.augment import BatchAugment, center_crop, to_float
+from fer.data.fer2013 import Split, aligned_split, load_image_folder, load_split
+
+log = logging.getLogger(__name__)
+
+BALANCE_OPTIONS = ("none", "class_weights", "oversample")
+EVAL_SPLITS = ("val", "test")
+
+
+class FERDataModule(L.LightningDataModule):
+    """FER-2013 under the official protocol: train = Training (+ extra folders), val = PublicTest,
+    test = PrivateTest (or `test_dir`).
+
+    Batches are whole index lists into in-memory uint8 tensors (no per-sample Python); they are
+    converted, augmented (training only) and cropped after the transfer to the training device.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        balance: str = "none",
+        align: bool = False,
+        align_options: dict[str, Any] | None = None,
+        image_size: int = 48,
+        augment: dict[str, Any] | None = None,
+        extra_train_dirs: Sequence[str] = (),
+        test_dir: str | None = None,
+        eval_split: str = "test",
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if balance not in BALANCE_OPTIONS:
+            raise FERError(f"data.balance must be one of {list(BALANCE_OPTIONS)}, got {balance!r}")
+        if eval_split not in EVAL_SPLITS:
+            raise FERError(f"eval split must be one of {list(EVAL_SPLITS)}, got {eval_split!r}")
+        if not 8 <= image_size <= 48:
+            raise FERError(f"data.image_size must be between 8 and 48 (a crop of the 48x48 faces), got {image_size}")
+        self.save_hyperparameters(logger=False)
+        self.augment = BatchAugment(output_size=image_size, **(augment or {}))
+        self.splits: dict[str, Split] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits `stage` needs: from the on-disk cache, or decoded (and aligned) once."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (self.hparams.eval_split,)}
+        for name in wanted.get(stage, ("train", "val", "test")):
+            if name not in self.splits:
+                self.splits[name] = self._load(name)
+                log.info("%s split: %d images, per class %s", name, len(self.splits[name]),
+                         dict(zip(EMOTIONS, self.splits[name].class_counts().tolist())))
+
+    def _load(self, name: str) -> Split:
+        hp = self.hparams
+        if name == "test" and hp.test_dir:
+            split = load_image_folder(hp.test_dir, hp.cache_dir)
+        else:
+            split = load_split(hp.root, name, hp.cache_dir)
+        if hp.align:
+            split = aligned_split(split, hp.cache_dir, hp.root, **(hp.align_options or {}))
+        if name == "train":
+            # Extra folders (e.g. GAN samples) join Training only; they are already face crops.
+            extras = [load_image_folder(folder, hp.cache_dir) for folder in hp.extra_train_dirs]
+            split = Split.concat([split, *extras]) if extras else split
+        return split
+
+    @property
+    def class_weights(self) -> list[float] | None:
+        """Loss weights inversely proportional to class frequency, for balance=class_weights."""
+        if self.hparams.balance != "class_weights":
+            return None
+        self.setup("fit")
+        counts = self.splits["train"].class_counts().float().clamp(min=1)
+        return (counts.sum() / (len(counts) * counts)).tolist()
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        split = self.splits["train"]
+        if self.hparams.balance == "oversample":
+            weights = (1.0 / split.class_counts().float().clamp(min=1))[split.labels]
+            sampler = WeightedRandomSampler(weights, num_samples=len(split), replacement=True)
+        else:
+            sampler = RandomSampler(range(len(split)))
+        return self._loader(split, BatchSampler(sampler, self.hparams.batch_size, drop_last=True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.hparams.eval_split)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        split = self.splits[name]
+        return self._loader(split, BatchSampler(SequentialSampler(range(len(split))), self.hparams.eval_batch_size, drop_last=False))
+
+    def _loader(self, split: Split, batches: BatchSampler) -> DataLoader:
+        # batch_size=None: each sampled item is already a whole batch of indices.
+        return DataLoader(TensorDataset(split.images, split.labels), sampler=batches, batch_size=None,
+                          num_workers=self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+
+    # -- device-side transforms ------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            return self.augment(to_float(images)), labels
+        return self.eval_transform(images), labels
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """The deterministic view of uint8 (B, 48, 48) faces that the model is evaluated on."""
+        return center_crop(to_float(images), self.hparams.image_size)

@@ -1,0 +1,102 @@
+"""The evaluation stage: score a checkpoint on a split and write metrics, report and figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from fer import EMOTIONS, FERError
+from fer.data.datamodule import FERDataModule
+from fer.models.classifier import EmotionClassifier
+from fer.viz import confusion_matrix_figure, image_grid, save
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
+
+
+def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
+    """A classifier and its checkpoint, loaded safely (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FERError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle/zip errors of every kind: not a loadable checkpoint
+        raise FERError(f"{path} is not a loadable checkpoint: {str(error).splitlines()[0]}") from error
+    if not isinstance(checkpoint, dict) or "net" not in checkpoint.get("hyper_parameters", {}) or "state_dict" not in checkpoint:
+        raise FERError(f"{path} is not a checkpoint of this project's classifier")
+    model = EmotionClassifier(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def score(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix."""
+    k = len(EMOTIONS)
+    per_class = {
+        "precision": multiclass_precision(probs, labels, k, average="none"),
+        "recall": multiclass_recall(probs, labels, k, average="none"),
+        "f1": multiclass_f1_score(probs, labels, k, average="none"),
+    }
+    return {
+        "n": len(labels),
+        "accuracy": multiclass_accuracy(probs, labels, k, average="micro").item(),
+        "macro_f1": multiclass_f1_score(probs, labels, k, average="macro").item(),
+        "per_class": {
+            name: {**{m: v[i].item() for m, v in per_class.items()}, "support": int((labels == i).sum())}
+            for i, name in enumerate(EMOTIONS)
+        },
+        "confusion_matrix": multiclass_confusion_matrix(probs, labels, k).tolist(),
+    }
+
+
+def classification_report(metrics: dict) -> str:
+    lines = [f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:>10} {m['precision']:9.4f} {m['recall']:9.4f} {m['f1']:9.4f} {m['support']:9d}")
+    lines.append(f"\n{'accuracy':>10} {metrics['accuracy']:39.4f} {metrics['n']:9d}")
+    lines.append(f"{'macro F1':>10} {metrics['macro_f1']:39.4f} {metrics['n']:9d}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score `cfg.ckpt_path` on `cfg.split` (val = PublicTest, test = PrivateTest or
+    `data.test_dir`), preprocessing the data exactly as the checkpoint was trained."""
+    if cfg.split not in SPLIT_NAMES:
+        raise FERError(f"split must be one of {list(SPLIT_NAMES)}, got {cfg.split!r}")
+    model, checkpoint = load_classifier(cfg.ckpt_path)
+    # how the faces were prepared comes from the checkpoint; where they are, from this config
+    data_options = {**checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
+    datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split})
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    probs = torch.cat(trainer.predict(model, datamodule=datamodule))
+    split = datamodule.splits[cfg.split]
+
+    source = cfg.data.test_dir if cfg.split == "test" and cfg.data.test_dir else SPLIT_NAMES[cfg.split]
+    metrics = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "source": str(source), **score(probs, split.labels)}
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "classification_report.txt").write_text(classification_report(metrics))
+    save(confusion_matrix_figure(torch.tensor(metrics["confusion_matrix"]), f"{source}: accuracy {metrics['accuracy']:.4f}"),
+         out / "confusion_matrix.png")
+    shown = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[: cfg.grid_size]
+    save(image_grid(datamodule.eval_transform(split.images[shown]), split.labels[shown].tolist(),
+                    probs[shown].argmax(1).tolist(), title=f"{source}: true → predicted"),
+         out / "predictions.png")
+    log.info("wrote metrics.json, classification_report.txt, confusion_matrix.png, predictions.png to %s", out)
+    print(f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} n={metrics['n']}")
+    return metrics

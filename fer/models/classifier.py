@@ -1,0 +1,124 @@
+"""The classifier `LightningModule`: a thin wrapper that adds loss, metrics and optimisers to a
+plain network built from its config."""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+
+from fer import EMOTIONS
+from fer.viz import confusion_matrix_figure
+
+PIXEL_MEAN, PIXEL_STD = 0.5077, 0.2550
+"""FER-2013 Training pixel statistics (on [0, 1] images): inputs are standardised with them."""
+
+
+def _plain(config: Any) -> Any:
+    """Hydra configs -> plain dicts, so hyperparameters pickle into checkpoints that load with
+    `weights_only=True`."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class EmotionClassifier(L.LightningModule):
+    """Takes (B, 1, H, W) float faces in [0, 1]; `net`, `optimizer` and `scheduler` are Hydra
+    configs (the optimizer and scheduler `_partial_`), so a checkpoint rebuilds itself."""
+
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        scheduler_interval: str = "epoch",
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+    ):
+        super().__init__()
+        net, optimizer, scheduler, class_weights = (_plain(c) for c in (net, optimizer, scheduler, class_weights))
+        self.save_hyperparameters(logger=False)  # train() logs the whole run config with final metrics
+        self.net = instantiate(net)
+        weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+        num_classes = len(EMOTIONS)
+        scores = MetricCollection({
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        })
+        self.train_scores = scores.clone(prefix="train/")
+        self.val_scores = scores.clone(prefix="val/")
+        self.test_scores = scores.clone(prefix="test/")
+        self.val_recall = MulticlassRecall(num_classes, average="none")
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - PIXEL_MEAN) / PIXEL_STD)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        self.train_scores.update(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_scores, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.val_scores.update(logits, labels)
+        self.val_recall.update(logits, labels)
+        self.val_confusion.update(logits, labels)
+        self.log("val/loss", self._loss(logits, labels))
+        self.log_dict(self.val_scores, prog_bar=True)
+
+    def on_validation_epoch_end(self):
+        recall = self.val_recall.compute()
+        self.log_dict({f"val/recall_{name}": value for name, value in zip(EMOTIONS, recall)})
+        self.val_recall.reset()
+        matrix = self.val_confusion.compute()
+        self.val_confusion.reset()
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_figure") and not self.trainer.sanity_checking:
+            figure = confusion_matrix_figure(matrix, f"PublicTest, epoch {self.current_epoch}")
+            experiment.add_figure("val/confusion_matrix", figure, global_step=self.current_epoch)
+            plt.close(figure)
+
+    def test_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.test_scores.update(logits, labels)
+        self.log("test/loss", self._loss(logits, labels))
+        self.log_dict(self.test_scores)
+
+    def predict_step(self, batch, batch_idx):
+        images, _ = batch
+        return self(images).softmax(dim=1)
+
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        make_scheduler = instantiate(self.hparams.scheduler)
+        if "total_steps" in inspect.signature(make_scheduler.func).parameters and "total_steps" not in make_scheduler.keywords:
+            # one-cycle style schedules span the whole run, whose length only the trainer knows
+            make_scheduler = partial(make_scheduler, total_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = make_scheduler(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}

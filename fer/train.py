@@ -1,0 +1,32 @@
+"""The training stage: compose data, model, callbacks, loggers and trainer from a Hydra config."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the classifier (resuming from `cfg.ckpt_path` when given) and return the PublicTest
+    metrics of the best checkpoint, which are also logged to TensorBoard with the run's config."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, class_weights=datamodule.class_weights, _recursive_=False)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    log.info("best checkpoint: %s", best or "(none saved: the final weights are scored)")
+    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)[0]
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), {f"hp/{k}": v for k, v in metrics.items()})
+    log.info("PublicTest (val) of the best checkpoint: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return metrics

@@ -1,0 +1,83 @@
+"""Figures: confusion matrix, labelled image grids, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files and TensorBoard only: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fer import EMOTIONS  # noqa: E402
+
+
+def confusion_matrix_figure(matrix: torch.Tensor, title: str = "") -> plt.Figure:
+    """Row-normalised confusion matrix (recall on the diagonal), with raw counts in each cell."""
+    counts = matrix.cpu().numpy().astype(int)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), xticklabels=EMOTIONS,
+           yticklabels=EMOTIONS, xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for (i, j), rate in np.ndenumerate(rates):
+        ax.text(j, i, f"{rate:.2f}\n{counts[i, j]}", ha="center", va="center", fontsize=7,
+                color="white" if rate > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    images: torch.Tensor,
+    labels: Sequence[int],
+    predictions: Sequence[int] | None = None,
+    columns: int = 8,
+    title: str = "",
+) -> plt.Figure:
+    """Faces ((N, H, W) uint8 or (N, 1, H, W) float in [0, 1]) titled with their label, and with
+    the prediction when given (green when right, red when wrong)."""
+    images = images.detach().cpu().float()
+    if images.dim() == 4:
+        images = images[:, 0] * 255
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.5), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        ax.imshow(images[k].numpy(), cmap="gray", vmin=0, vmax=255)
+        text, color = EMOTIONS[labels[k]], "black"
+        if predictions is not None:
+            text = f"{EMOTIONS[labels[k]]}\n→ {EMOTIONS[predictions[k]]}"
+            color = "green" if predictions[k] == labels[k] else "red"
+        ax.set_title(text, fontsize=7, color=color)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(history: Mapping[str, Sequence[float]]) -> plt.Figure:
+    """Per-epoch curves: losses on the left, the other metrics (accuracy, F1) on the right."""
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, values in sorted(history.items()):
+        ax = loss_ax if "loss" in name else metric_ax
+        ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+    for ax, ylabel in ((loss_ax, "loss"), (metric_ax, "score")):
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

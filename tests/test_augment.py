@@ -1,0 +1,72 @@
+"""Batched device-side augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fer.data.augment import BatchAugment, center_crop, to_float
+
+OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0, degrees=0.0, translate=0.0, erase=0.0)
+
+
+@pytest.fixture
+def batch():
+    return to_float(torch.randint(0, 256, (32, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+
+
+def test_to_float_scales_to_unit_range():
+    x = to_float(torch.tensor([[[0, 255]]], dtype=torch.uint8))
+    assert x.shape == (1, 1, 1, 2) and x.dtype == torch.float32 and x.tolist() == [[[[0.0, 1.0]]]]
+
+
+@pytest.mark.parametrize("size", [48, 40])
+def test_shapes_dtype_and_range(batch, size):
+    out = BatchAugment(output_size=size)(batch)
+    assert out.shape == (32, 1, size, size) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_everything_off_is_the_identity(batch):
+    assert torch.allclose(BatchAugment(**OFF)(batch), batch, atol=1e-5)
+
+
+def test_flip_mirrors_each_image(batch):
+    out = BatchAugment(**{**OFF, "flip": 1.0})(batch)
+    assert torch.allclose(out, batch.flip(-1), atol=1e-5)
+
+
+def test_each_sample_gets_its_own_transform(batch):
+    same = batch[:1].repeat(16, 1, 1, 1)
+    out = BatchAugment(erase=0.0)(same)
+    assert len({tuple(o.flatten()[:200].tolist()) for o in out}) == 16
+
+
+def test_erasing_changes_a_rectangle_only(batch):
+    out = BatchAugment(**{**OFF, "erase": 1.0, "erase_scale": (0.1, 0.1)})(batch)
+    changed = ((out - batch).abs() > 1e-4).float().mean(dim=(1, 2, 3))
+    assert ((changed > 0.03) & (changed < 0.2)).all()
+
+
+def test_deterministic_under_a_seed(batch):
+    augment = BatchAugment()
+    torch.manual_seed(7)
+    a = augment(batch)
+    torch.manual_seed(7)
+    b = augment(batch)
+    torch.manual_seed(8)
+    c = augment(batch)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_center_crop_takes_the_middle():
+    x = torch.arange(48 * 48, dtype=torch.float).view(1, 1, 48, 48)
+    crop = center_crop(x, 40)
+    assert crop.shape == (1, 1, 40, 40) and crop[0, 0, 0, 0] == 4 * 48 + 4
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ValueError, match="crop_scale"):
+        BatchAugment(crop_scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match="flip"):
+        BatchAugment(flip=2)

@@ -1,0 +1,49 @@
+"""Networks and the classifier LightningModule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from fer.models.classifier import EmotionClassifier
+
+from conftest import compose_config
+
+
+@pytest.mark.parametrize("model", ["seed_cnn", "vgg", "resnet18"])
+@pytest.mark.parametrize("size", [48, 40])
+def test_every_configured_network_trains_a_step(tmp_path, model, size):
+    cfg = compose_config("train", tmp_path, [f"model={model}"])
+    classifier: EmotionClassifier = instantiate(cfg.model, _recursive_=False)
+    images, labels = torch.rand(4, 1, size, size), torch.tensor([0, 1, 5, 6])
+    logits = classifier(images)
+    assert logits.shape == (4, 7)
+    loss = classifier._loss(logits, labels)
+    loss.backward()
+    grads = [p.grad for p in classifier.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    classifier.eval()
+    probs = classifier.predict_step((images, labels), 0)
+    assert torch.allclose(probs.sum(1), torch.ones(4))
+
+
+def test_hyperparameters_are_plain_and_rebuild_the_model(tmp_path):
+    cfg = compose_config("train", tmp_path, ["model=vgg"])
+    classifier = instantiate(cfg.model, _recursive_=False, class_weights=[1.0] * 7)
+    hparams = dict(classifier.hparams)
+    assert type(hparams["net"]) is dict and type(hparams["optimizer"]) is dict
+    twin = EmotionClassifier(**hparams)
+    twin.load_state_dict(classifier.state_dict())
+    x = torch.rand(2, 1, 48, 48)
+    assert torch.equal(classifier.eval()(x), twin.eval()(x))
+
+
+def test_class_weights_weigh_the_loss():
+    net = {"_target_": "fer.models.nets.ConvNet", "stages": [[4]], "dense": 4}
+    opt = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    plain = EmotionClassifier(net=net, optimizer=opt)
+    weighted = EmotionClassifier(net=net, optimizer=opt, class_weights=[1, 1, 1, 1, 1, 1, 10])
+    logits, labels = torch.zeros(2, 7), torch.tensor([0, 6])
+    logits[0, 0] = 5  # right on class 0, unsure on class 6: the weighted loss is dominated by class 6
+    assert weighted._loss(logits, labels) > plain._loss(logits, labels)
