@@ -10,7 +10,7 @@ from fer.train import train
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    return train(cfg)["val/acc"]  # the value a Hydra sweeper optimises
+    return train(cfg)[cfg.optimized_metric]  # the value a Hydra sweeper optimises
 
 
 if __name__ == "__main__":

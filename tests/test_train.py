@@ -81,3 +81,14 @@ def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     not_a_model.write_bytes(b"garbage")
     result = run_script("evaluate.py", [f"ckpt_path={not_a_model}", f"data.root={fer_folders}"], cwd=tmp_path, check=False)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"error: {not_a_model} is not a loadable checkpoint")
+
+
+def test_an_optuna_search_runs_its_trials(fer_folders, tmp_path):
+    sweep = tmp_path / "search"
+    result = run_script("train.py", ["-m", "hparams_search=optuna", *tiny_train_overrides(fer_folders),
+                                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                                     "+trainer.limit_train_batches=2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert (sweep / "optimization_results.yaml").is_file()
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert "Best parameters" in result.stdout + result.stderr

@@ -90,13 +90,10 @@ def load_image_folder(
     files, labels = _list_class_folders(folder, prefix)
     if not files:
         wanted = f" named {prefix}_*" if prefix else ""
-        hint = (
-            f"; the {prefix} split is missing from this copy of FER-2013"
-            if prefix == "PrivateTest"
-            else ""
-        )
+        hint = f"; the {prefix} split is missing from this copy of FER-2013" if prefix == "PrivateTest" else ""
         raise FERError(f"no images{wanted} in the class folders of {folder}{hint}")
-    listing = "\n".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    stats = [f.stat() for f in files]
+    listing = "\n".join(f"{f.relative_to(folder)}:{s.st_size}:{s.st_mtime_ns}" for f, s in zip(files, stats))
     key = _digest("folder", str(folder), prefix or "", listing)
     return _cached(
         Path(cache_dir), dataset_root or folder, f"{folder.name}-{prefix or 'all'}", key,
