@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files and TensorBoard only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,6 +70,7 @@ def curves_figure(history: Mapping[str, Sequence[float]]) -> plt.Figure:
         ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
     for ax, ylabel in ((loss_ax, "loss"), (metric_ax, "score")):
         ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

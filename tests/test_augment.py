@@ -70,3 +70,14 @@ def test_bad_parameters_are_refused():
         BatchAugment(crop_scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="flip"):
         BatchAugment(flip=2)
+
+
+def test_a_smaller_output_is_a_crop_at_the_evaluation_scale():
+    # a horizontal ramp, one unit per pixel: a 40x40 training crop keeps the slope (no resize)
+    # and starts anywhere between the left and right border (a random crop)
+    ramp = torch.arange(48, dtype=torch.float).expand(48, 48).reshape(1, 1, 48, 48).repeat(64, 1, 1, 1) / 100
+    out = BatchAugment(**{**OFF, "output_size": 40})(ramp)
+    slope = (out[..., 1:] - out[..., :-1]).mean(dim=(1, 2, 3)) * 100
+    assert out.shape[-1] == 40 and torch.allclose(slope, torch.ones(64), atol=0.01)
+    left = out[:, 0, 0, 0] * 100
+    assert left.min() >= -0.01 and left.max() <= 8.01 and left.max() - left.min() > 5

@@ -77,7 +77,27 @@ def test_oversampling_balances_the_classes(tmp_path):
     ({"balance": "smote"}, "data.balance"),
     ({"image_size": 64}, "data.image_size"),
     ({"eval_split": "train"}, "eval split"),
+    ({"augment": {"flip": 2.0}}, "data.augment: flip is a probability"),
+    ({"augment": {"blur": 1.0}}, "data.augment: .*unexpected keyword argument 'blur'"),
 ])
 def test_bad_options_are_named(fer_folders, tmp_path, option, message):
     with pytest.raises(FERError, match=message):
         datamodule(fer_folders, tmp_path, **option)
+
+
+def test_alignment_is_computed_once_and_cached(fer_folders, tmp_path, monkeypatch):
+    import fer.data.align as align
+
+    dm = datamodule(fer_folders, tmp_path, align=True, align_options={"min_face_size": 40})
+    dm.setup("validate")
+    val = dm.splits["val"]
+    raw = datamodule(fer_folders, tmp_path)
+    raw.setup("validate")
+    # synthetic noise has no face: every crop is kept as it was, and that is recorded
+    assert val.found is not None and not val.found.any()
+    assert torch.equal(val.images, raw.splits["val"].images) and val.key != raw.splits["val"].key
+
+    monkeypatch.setattr(align.FaceAligner, "__init__", lambda *a, **k: pytest.fail("aligned again despite the cache"))
+    again = datamodule(fer_folders, tmp_path, align=True, align_options={"min_face_size": 40})
+    again.setup("validate")
+    assert torch.equal(again.splits["val"].images, val.images)

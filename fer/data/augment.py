@@ -66,10 +66,13 @@ class BatchAugment(nn.Module):
         def uniform(low: float, high: float) -> torch.Tensor:
             return torch.empty(n, device=device).uniform_(low, high)
 
+        # Crops are relative to the evaluation view (the central output_size window), so that
+        # training and evaluation see faces at the same scale; shifts may reach the border.
+        view = self.output_size / images.shape[-1]
         area = uniform(*self.crop_scale)
         log_ratio = uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
-        width = (area * log_ratio.exp()).sqrt().clamp(max=1)
-        height = (area / log_ratio.exp()).sqrt().clamp(max=1)
+        width = (view * (area * log_ratio.exp()).sqrt()).clamp(max=1)
+        height = (view * (area / log_ratio.exp()).sqrt()).clamp(max=1)
         shift_x = (1 - width) * uniform(-1, 1) + uniform(-self.translate, self.translate) * 2
         shift_y = (1 - height) * uniform(-1, 1) + uniform(-self.translate, self.translate) * 2
         angle = uniform(-self.degrees, self.degrees).deg2rad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -52,7 +51,10 @@ class FERDataModule(L.LightningDataModule):
         if not 8 <= image_size <= 48:
             raise FERError(f"data.image_size must be between 8 and 48 (a crop of the 48x48 faces), got {image_size}")
         self.save_hyperparameters(logger=False)
-        self.augment = BatchAugment(output_size=image_size, **(augment or {}))
+        try:
+            self.augment = BatchAugment(output_size=image_size, **(augment or {}))
+        except (TypeError, ValueError) as error:
+            raise FERError(f"data.augment: {error}") from error
         self.splits: dict[str, Split] = {}
 
     # -- data ------------------------------------------------------------------------------------

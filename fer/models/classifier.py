@@ -46,11 +46,14 @@ class EmotionClassifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        channels_last: bool = True,
     ):
         super().__init__()
         net, optimizer, scheduler, class_weights = (_plain(c) for c in (net, optimizer, scheduler, class_weights))
         self.save_hyperparameters(logger=False)  # train() logs the whole run config with final metrics
         self.net = instantiate(net)
+        if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs under mixed precision
+            self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
 
@@ -66,7 +69,10 @@ class EmotionClassifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - PIXEL_MEAN) / PIXEL_STD)
+        images = (images - PIXEL_MEAN) / PIXEL_STD
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
