@@ -11,19 +11,27 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the classifier (resuming from `cfg.ckpt_path` when given) and return the PublicTest
-    metrics of the best checkpoint, which are also logged to TensorBoard with the run's config."""
+def build(cfg: DictConfig, **trainer_overrides) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """The run's datamodule, model and trainer, as the config wires them (after seeding);
+    `trainer_overrides` replace trainer arguments, callbacks and loggers included."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, class_weights=datamodule.class_weights, _recursive_=False)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    options = dict(trainer_overrides)
+    if "callbacks" not in options:
+        options["callbacks"] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if "logger" not in options:
+        options["logger"] = [instantiate(c) for c in (cfg.get("logger") or {}).values()] or False
+    return datamodule, model, instantiate(cfg.trainer, **options)
 
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the classifier (resuming from `cfg.ckpt_path` when given) and return the PublicTest
+    metrics of the best checkpoint, which are also logged to TensorBoard with the run's config."""
+    datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
     log.info("best checkpoint: %s", best or "(none saved: the final weights are scored)")
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)[0]
     for logger in trainer.loggers:

@@ -45,7 +45,7 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
 
 def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     steps_per_epoch = 7 * 12 // 8
-    args = [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"]
+    args = [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "callbacks.best_checkpoint.save_top_k=-1"]
     run_script("train.py", [*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     after_first_epoch = tmp_path / "full" / "checkpoints" / "epoch_000.ckpt"  # as if killed here
 
@@ -56,6 +56,15 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert resumed["global_step"] == full["global_step"] == 2 * steps_per_epoch
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch_000.ckpt").exists()  # epoch 0 was not trained again
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
+
+
+def test_last_checkpoint_is_written_every_epoch(fer_folders, tmp_path):
+    # the best checkpoint is only considered every 2nd epoch here, yet last.ckpt follows every epoch
+    run = tmp_path / "run"
+    run_script("train.py", [*tiny_train_overrides(fer_folders), "trainer.max_epochs=3", f"hydra.run.dir={run}",
+                            "+callbacks.best_checkpoint.every_n_epochs=2"], cwd=tmp_path)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert [p.name for p in (run / "checkpoints").glob("epoch_*.ckpt")] == ["epoch_001.ckpt"]
 
 
 def test_a_sweep_gets_one_folder_per_job(fer_folders, tmp_path):
