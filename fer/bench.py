@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from omegaconf import DictConfig
 
 from fer.callbacks import StepTimer
 from fer.train import build
-
-log = logging.getLogger(__name__)
 
 
 def bench_train(cfg: DictConfig) -> dict[str, float]:

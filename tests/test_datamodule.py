@@ -58,9 +58,9 @@ def test_extra_folders_join_training_only(fer_folders, tmp_path):
 
 def test_oversampling_balances_the_classes(tmp_path):
     root = write_folders(tmp_path / "fer", {"Training": 2, "PublicTest": 1})
-    for i in range(60):  # make "happy" 30x larger than the rest
-        src = next((root / "train" / "happy").glob("*.png"))
-        (root / "train" / "happy" / f"Training_dup{i}.png").write_bytes(src.read_bytes())
+    happy = next((root / "train" / "happy").glob("*.png")).read_bytes()
+    for i in range(60):  # make "happy" 31x larger than the rest
+        (root / "train" / "happy" / f"Training_dup{i}.png").write_bytes(happy)
     torch.manual_seed(0)
     dm = datamodule(root, tmp_path, balance="oversample")
     dm.setup("fit")
