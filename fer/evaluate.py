@@ -72,21 +72,42 @@ def classification_report(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """Score `cfg.ckpt_path` on `cfg.split` (val = PublicTest, test = PrivateTest or
-    `data.test_dir`), preprocessing the data exactly as the checkpoint was trained."""
-    if cfg.split not in SPLIT_NAMES:
-        raise FERError(f"split must be one of {list(SPLIT_NAMES)}, got {cfg.split!r}")
-    model, checkpoint = load_classifier(cfg.ckpt_path)
+def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, FERDataModule]:
+    """One checkpoint's class probabilities on `cfg.split` (averaged over the `cfg.tta` views), and
+    the datamodule that prepared the faces as that checkpoint was trained (alignment, crop size)."""
+    model, checkpoint = load_classifier(path)
     # how the faces were prepared comes from the checkpoint; where they are, from this config
     data_options = {**checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
-    datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split})
+    try:
+        datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split, "tta": cfg.tta})
+    except FERError as error:
+        raise FERError(f"{path}: {error}") from error
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    probs = torch.cat(trainer.predict(model, datamodule=datamodule))
+    return torch.cat(trainer.predict(model, datamodule=datamodule)), datamodule
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score `cfg.ckpt_path` on `cfg.split` (val = PublicTest, test = PrivateTest or `data.test_dir`)
+    with test-time augmentation `cfg.tta`. A list of checkpoints is an ensemble: the mean of the
+    members' probabilities, each member preparing the faces as it was trained."""
+    if cfg.split not in SPLIT_NAMES:
+        raise FERError(f"split must be one of {list(SPLIT_NAMES)}, got {cfg.split!r}")
+    paths = [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str) else list(cfg.ckpt_path)
+    if not paths:
+        raise FERError("ckpt_path is an empty list: give one checkpoint, or several for an ensemble")
+    # every member reads the same split of this config's data (alignment keeps order and labels)
+    predictions = [predict_member(path, cfg) for path in paths]
+    datamodule = predictions[0][1]  # its view of the faces draws predictions.png
     split = datamodule.splits[cfg.split]
+    members = []
+    for path, (probs, _) in zip(paths, predictions):
+        member = score(probs, split.labels)
+        members.append({"checkpoint": str(path), "accuracy": member["accuracy"], "macro_f1": member["macro_f1"]})
+        log.info("%s: accuracy=%.4f macro_f1=%.4f", path, member["accuracy"], member["macro_f1"])
+    probs = torch.stack([probs for probs, _ in predictions]).mean(dim=0)
 
     source = cfg.data.test_dir if cfg.split == "test" and cfg.data.test_dir else SPLIT_NAMES[cfg.split]
-    metrics = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "source": str(source), **score(probs, split.labels)}
+    metrics = {"split": cfg.split, "source": str(source), "tta": cfg.tta, "members": members, **score(probs, split.labels)}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fer.data.augment import BatchAugment, center_crop, to_float
+from fer.data.augment import TTA_MODES, BatchAugment, batch_mix, center_crop, to_float, tta_views
 
 OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0, degrees=0.0, translate=0.0, erase=0.0)
 
@@ -81,3 +81,40 @@ def test_a_smaller_output_is_a_crop_at_the_evaluation_scale():
     assert out.shape[-1] == 40 and torch.allclose(slope, torch.ones(64), atol=0.01)
     left = out[:, 0, 0, 0] * 100
     assert left.min() >= -0.01 and left.max() <= 8.01 and left.max() - left.min() > 5
+
+
+def test_tta_views_are_the_centre_crop_its_mirror_and_the_ten_crops():
+    x = torch.arange(48 * 48, dtype=torch.float).view(1, 1, 48, 48).repeat(2, 1, 1, 1)
+    centre = center_crop(x, 40)
+    none, flip, ten = (tta_views(x, mode, 40) for mode in TTA_MODES)
+    assert none.shape == (2, 1, 1, 40, 40) and torch.equal(none[:, 0], centre)
+    assert flip.shape == (2, 2, 1, 40, 40) and torch.equal(flip[:, 1], centre.flip(-1))
+    assert ten.shape == (2, 10, 1, 40, 40)
+    # top-left pixel of each crop: the centre, then the 4 corners; the mirrors follow in the same order
+    corners = ten[0, :5, 0, 0, 0].tolist()
+    assert corners == [4 * 48 + 4, 0, 8, 8 * 48, 8 * 48 + 8]
+    assert torch.equal(ten[:, 5:], ten[:, :5].flip(-1))
+    with pytest.raises(ValueError, match="tta must be one of"):
+        tta_views(x, "rotate", 40)
+
+
+def test_batch_mix_mixes_images_and_labels_alike(batch):
+    labels = torch.arange(32) % 7  # each label differs from its neighbour's, which it is mixed with
+    assert batch_mix(0.0, 0.0, 7) is None
+    torch.manual_seed(3)
+    images, targets = batch_mix(0.4, 0.0, 7)(batch, labels)  # MixUp: lam x + (1 - lam) x.roll(1)
+    lam = targets[0, labels[0]].item()
+    assert images.shape == batch.shape and targets.shape == (32, 7) and torch.allclose(targets.sum(1), torch.ones(32))
+    assert torch.allclose(images, lam * batch + (1 - lam) * batch.roll(1, 0), atol=1e-5)
+    assert torch.allclose(targets[torch.arange(32), labels], torch.full((32,), lam))
+    assert torch.allclose(targets[torch.arange(32), labels.roll(1, 0)], torch.full((32,), 1 - lam))
+    torch.manual_seed(3)
+    again = batch_mix(0.4, 0.0, 7)(batch, labels)
+    assert torch.equal(again[0], images) and torch.equal(again[1], targets)
+
+    torch.manual_seed(0)
+    batch = torch.rand(32, 1, 40, 40)  # no two pixels alike
+    images, targets = batch_mix(0.0, 1.0, 7)(batch, labels)  # CutMix: a box of the neighbour, weighed by area
+    pasted = images == batch.roll(1, 0)
+    assert images.min() >= 0 and images.max() <= 1 and 0 < pasted.float().mean() < 1
+    assert torch.allclose(targets[torch.arange(32), labels.roll(1, 0)], pasted.float().mean(dim=(1, 2, 3)), atol=1e-6)

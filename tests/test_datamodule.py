@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from fer import FERError
 from fer.data.datamodule import FERDataModule
+from fer.data.fer2013 import Split
 
 from conftest import SMALL, write_folders
 
@@ -79,6 +82,9 @@ def test_oversampling_balances_the_classes(tmp_path):
     ({"eval_split": "train"}, "eval split"),
     ({"augment": {"flip": 2.0}}, "data.augment: flip is a probability"),
     ({"augment": {"blur": 1.0}}, "data.augment: .*unexpected keyword argument 'blur'"),
+    ({"on_device": True, "num_workers": 2}, "data.on_device .* data.num_workers=0"),
+    ({"tta": "rotate"}, "tta must be one of"),
+    ({"tta": "tencrop"}, "tta=tencrop .* data.image_size < 48"),
 ])
 def test_bad_options_are_named(fer_folders, tmp_path, option, message):
     with pytest.raises(FERError, match=message):
@@ -101,3 +107,78 @@ def test_alignment_is_computed_once_and_cached(fer_folders, tmp_path, monkeypatc
     again = datamodule(fer_folders, tmp_path, align=True, align_options={"min_face_size": 40})
     again.setup("validate")
     assert torch.equal(again.splits["val"].images, val.images)
+
+
+def stub_trainer(device="cpu", world_size=1, rank=0, stage="training"):
+    """What the DataModule reads of its trainer: device, DDP rank and world size, running stage."""
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), world_size=world_size,
+                           global_rank=rank, training=stage == "training", predicting=stage == "predicting")
+
+
+def constant_faces(tmp_path, n=64, **options) -> FERDataModule:
+    """A datamodule over faces of one grey level each, 36 * label: the label can be read back
+    from any augmented view of the face (erasing off)."""
+    dm = datamodule("unused", tmp_path, augment={"erase": 0.0}, **options)
+    labels = torch.arange(n) % 7
+    dm.splits["train"] = dm.splits["val"] = Split((labels * 36).to(torch.uint8).view(n, 1, 1).expand(n, 48, 48).clone(), labels, "k")
+    return dm
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_augmented_batches_keep_shape_range_and_label_alignment(tmp_path, on_device):
+    dm = constant_faces(tmp_path, image_size=40, on_device=on_device)
+    dm.trainer = stub_trainer()
+    for images, labels in dm.train_dataloader():
+        x, y = dm.on_after_batch_transfer((images, labels), 0)
+        assert x.shape == (8, 1, 40, 40) and x.dtype == torch.float32 and torch.equal(y, labels)
+        assert x.min() >= 0 and x.max() <= 1
+        assert torch.equal((x.mean(dim=(1, 2, 3)) * 255 / 36).round().long(), y)
+
+
+def test_on_device_batches_are_gathered_on_the_device_and_seeded_alike(fer_folders, tmp_path):
+    on_meta = datamodule(fer_folders, tmp_path, on_device=True)
+    on_meta.setup("fit")
+    on_meta.trainer = stub_trainer("meta")  # a device other than the CPU, without a GPU
+    images, labels = next(iter(on_meta.train_dataloader()))
+    assert images.device.type == labels.device.type == "meta" and images.shape == (8, 48, 48) and images.dtype == torch.uint8
+
+    def first_batches(**options):
+        dm = datamodule(fer_folders, tmp_path, image_size=40, **options)
+        dm.setup("fit")
+        dm.trainer = stub_trainer()
+        torch.manual_seed(0)  # the sampler's order and the augmentation's draws
+        return [dm.on_after_batch_transfer(batch, 0) for batch, _ in zip(dm.train_dataloader(), range(3))]
+
+    runs = [first_batches(), first_batches(), first_batches(on_device=True)]
+    for (a, y), (b, z), (c, w) in zip(*runs):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(y, z) and torch.equal(y, w)
+
+
+def test_prediction_batches_carry_the_tta_views(fer_folders, tmp_path):
+    dm = datamodule(fer_folders, tmp_path, image_size=40, tta="tencrop", eval_split="val")
+    dm.setup("predict")
+    dm.trainer = stub_trainer(stage="predicting")
+    images, labels = next(iter(dm.predict_dataloader()))
+    views, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert views.shape == (16, 10, 1, 40, 40) and torch.equal(y, labels)
+    assert torch.equal(views[:, 0], dm.eval_transform(images))  # the first view is the plain evaluation view
+
+
+def test_ddp_processes_get_disjoint_shares_reshuffled_every_epoch(tmp_path):
+    def indices(rank, epoch=0, loader="train_dataloader"):
+        dm = constant_faces(tmp_path, n=70)
+        dm.trainer = stub_trainer(world_size=2, rank=rank)
+        batches = getattr(dm, loader)()
+        batches.sampler.set_epoch(epoch)  # as Lightning does at each epoch start
+        return [i for batch in batches.sampler for i in batch]
+
+    first, second = indices(0), indices(1)
+    assert len(first) == len(second) == 32 and not set(first) & set(second)  # 35 each, cut to whole batches of 8
+    assert indices(0) == first and indices(0, epoch=1) != first
+    val = indices(0, loader="val_dataloader") + indices(1, loader="val_dataloader")
+    assert sorted(val) == list(range(70))
+
+    dm = constant_faces(tmp_path, balance="oversample")
+    dm.trainer = stub_trainer(world_size=2)
+    with pytest.raises(FERError, match="data.balance=oversample .* DDP"):
+        dm.train_dataloader()

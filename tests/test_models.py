@@ -47,3 +47,29 @@ def test_class_weights_weigh_the_loss():
     logits, labels = torch.zeros(2, 7), torch.tensor([0, 6])
     logits[0, 0] = 5  # right on class 0, unsure on class 6: the weighted loss is dominated by class 6
     assert weighted._loss(logits, labels) > plain._loss(logits, labels)
+
+
+def test_compiling_keeps_the_checkpoint_names(tmp_path):
+    from fer.evaluate import load_classifier
+
+    cfg = compose_config("train", tmp_path, ["model.compile=true"])
+    classifier = instantiate(cfg.model, _recursive_=False)
+    names = list(classifier.state_dict())
+    classifier.on_fit_start()  # where training compiles the net, in place
+    assert list(classifier.state_dict()) == names and not any("_orig_mod" in n for n in names)
+    torch.save({"hyper_parameters": dict(classifier.hparams), "state_dict": classifier.state_dict()}, tmp_path / "c.ckpt")
+    loaded, _ = load_classifier(tmp_path / "c.ckpt")
+    assert loaded.hparams.compile and torch.equal(loaded.net.head[-1].weight, classifier.net.head[-1].weight)
+
+
+def test_mixed_batches_train_on_soft_targets():
+    net = {"_target_": "fer.models.nets.ConvNet", "stages": [[4]], "dense": 4}
+    opt = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    classifier = EmotionClassifier(net=net, optimizer=opt, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1)
+    images, labels = torch.rand(8, 1, 40, 40), torch.arange(8) % 7
+    torch.manual_seed(0)
+    mixed, targets = classifier.mix(images, labels)
+    assert targets.shape == (8, 7) and not torch.equal(mixed, images)
+    logits = classifier(mixed)
+    soft, hard = classifier._loss(logits, targets), classifier._loss(logits, labels)
+    assert torch.isfinite(soft) and soft != hard

@@ -101,3 +101,10 @@ def test_an_optuna_search_runs_its_trials(fer_folders, tmp_path):
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert "Best parameters" in result.stdout + result.stderr
+
+
+def test_training_with_mixup_cutmix_and_on_device_data(fer_folders, tmp_path):
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "data.on_device=true",
+                                             "model.mixup_alpha=0.2", "model.cutmix_alpha=1.0"])
+    metrics = train(cfg)
+    assert 0 <= metrics["val/acc"] <= 1 and "val/f1_macro" in metrics

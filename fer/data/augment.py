@@ -13,6 +13,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
+
+TTA_MODES = ("none", "flip", "tencrop")
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -24,6 +27,29 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """Central size x size window of (B, C, H, W) images (the eval-time view of a cropped model)."""
     top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
     return images[..., top : top + size, left : left + size]
+
+
+def tta_views(images: torch.Tensor, mode: str, size: int) -> torch.Tensor:
+    """(B, C, H, W) faces -> (B, V, C, size, size): the views whose predictions test-time augmentation
+    averages. none: the centre crop (V=1); flip: it and its mirror (V=2); tencrop: the 4 corner crops
+    and the centre crop, and their mirrors (V=10; needs size < H, W)."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {list(TTA_MODES)}, got {mode!r}")
+    views = [center_crop(images, size)]
+    if mode == "tencrop":
+        bottom, right = images.shape[-2] - size, images.shape[-1] - size
+        views += [images[..., y : y + size, x : x + size] for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))]
+    if mode != "none":
+        views += [view.flip(-1) for view in views]
+    return torch.stack(views, dim=1)
+
+
+def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> nn.Module | None:
+    """MixUp and/or CutMix of whole batches (one of the two, chosen per batch), or None when both
+    alphas are 0: called as `mix(images, labels)`, it returns mixed images and soft targets."""
+    mixers = [cls(alpha=alpha, num_classes=num_classes)
+              for cls, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+    return v2.RandomChoice(mixers) if mixers else None
 
 
 class BatchAugment(nn.Module):

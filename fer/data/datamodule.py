@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from fer import EMOTIONS, FERError
-from fer.data.augment import BatchAugment, center_crop, to_float
+from fer.data.augment import TTA_MODES, BatchAugment, center_crop, to_float, tta_views
 from fer.data.fer2013 import Split, aligned_split, load_image_folder, load_split
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,10 @@ class FERDataModule(L.LightningDataModule):
 
     Batches are whole index lists into in-memory uint8 tensors (no per-sample Python); they are
     converted, augmented (training only) and cropped after the transfer to the training device.
+    With `on_device`, the tensors themselves are moved to that device once per loader, so a batch
+    is gathered there and nothing crosses the bus per step. `tta` sets the views that prediction
+    averages (see `tta_views`). Under DDP each process loads its own share of the batches (the
+    trainer's `use_distributed_sampler` must be off: conf/trainer/ddp.yaml).
     """
 
     def __init__(
@@ -42,6 +56,8 @@ class FERDataModule(L.LightningDataModule):
         test_dir: str | None = None,
         eval_split: str = "test",
         num_workers: int = 0,
+        on_device: bool = False,
+        tta: str = "none",
     ):
         super().__init__()
         if balance not in BALANCE_OPTIONS:
@@ -50,6 +66,12 @@ class FERDataModule(L.LightningDataModule):
             raise FERError(f"eval split must be one of {list(EVAL_SPLITS)}, got {eval_split!r}")
         if not 8 <= image_size <= 48:
             raise FERError(f"data.image_size must be between 8 and 48 (a crop of the 48x48 faces), got {image_size}")
+        if on_device and num_workers:
+            raise FERError(f"data.on_device keeps the data on the training device: it needs data.num_workers=0, got {num_workers}")
+        if tta not in TTA_MODES:
+            raise FERError(f"tta must be one of {list(TTA_MODES)}, got {tta!r}")
+        if tta == "tencrop" and image_size == 48:
+            raise FERError("tta=tencrop takes crops of the 48x48 faces: it needs data.image_size < 48, got 48")
         self.save_hyperparameters(logger=False)
         try:
             self.augment = BatchAugment(output_size=image_size, **(augment or {}))
@@ -96,9 +118,11 @@ class FERDataModule(L.LightningDataModule):
         if self.hparams.balance == "oversample":
             weights = (1.0 / split.class_counts().float().clamp(min=1))[split.labels]
             sampler = WeightedRandomSampler(weights, num_samples=len(split), replacement=True)
+            if self._distributed:
+                raise FERError("data.balance=oversample is not sharded across DDP processes: use data.balance=class_weights")
         else:
-            sampler = RandomSampler(range(len(split)))
-        return self._loader(split, BatchSampler(sampler, self.hparams.batch_size, drop_last=True))
+            sampler = self._sampler(len(split), shuffle=True)
+        return self._loader(split, IndexBatches(sampler, self.hparams.batch_size, drop_last=True))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -111,20 +135,45 @@ class FERDataModule(L.LightningDataModule):
 
     def _eval_loader(self, name: str) -> DataLoader:
         split = self.splits[name]
-        return self._loader(split, BatchSampler(SequentialSampler(range(len(split))), self.hparams.eval_batch_size, drop_last=False))
+        return self._loader(split, IndexBatches(self._sampler(len(split), shuffle=False), self.hparams.eval_batch_size, drop_last=False))
+
+    @property
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def _sampler(self, size: int, shuffle: bool) -> Sampler:
+        """All indices, or under DDP this process's share (the same seed on every process)."""
+        if self._distributed:
+            return DistributedSampler(range(size), num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+                                      shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return RandomSampler(range(size)) if shuffle else SequentialSampler(range(size))
 
     def _loader(self, split: Split, batches: BatchSampler) -> DataLoader:
+        tensors = (split.images, split.labels)
+        if self.hparams.on_device and self.trainer is not None:
+            tensors = tuple(t.to(self.trainer.strategy.root_device) for t in tensors)
         # batch_size=None: each sampled item is already a whole batch of indices.
-        return DataLoader(TensorDataset(split.images, split.labels), sampler=batches, batch_size=None,
-                          num_workers=self.hparams.num_workers, pin_memory=torch.cuda.is_available())
+        return DataLoader(TensorDataset(*tensors), sampler=batches, batch_size=None, num_workers=self.hparams.num_workers,
+                          pin_memory=torch.cuda.is_available() and not self.hparams.on_device)
 
     # -- device-side transforms ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             return self.augment(to_float(images)), labels
+        if self.trainer is not None and self.trainer.predicting and self.hparams.tta != "none":
+            return tta_views(to_float(images), self.hparams.tta, self.hparams.image_size), labels
         return self.eval_transform(images), labels
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         """The deterministic view of uint8 (B, 48, 48) faces that the model is evaluated on."""
         return center_crop(to_float(images), self.hparams.image_size)
+
+
+class IndexBatches(BatchSampler):
+    """Batches of indices that pass Lightning's per-epoch `set_epoch` on to a DistributedSampler,
+    so that DDP reshuffles every epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)

@@ -22,6 +22,7 @@ from torchmetrics.classification import (
 )
 
 from fer import EMOTIONS
+from fer.data.augment import batch_mix
 from fer.viz import confusion_matrix_figure
 
 PIXEL_MEAN, PIXEL_STD = 0.5077, 0.2550
@@ -36,7 +37,12 @@ def _plain(config: Any) -> Any:
 
 class EmotionClassifier(L.LightningModule):
     """Takes (B, 1, H, W) float faces in [0, 1]; `net`, `optimizer` and `scheduler` are Hydra
-    configs (the optimizer and scheduler `_partial_`), so a checkpoint rebuilds itself."""
+    configs (the optimizer and scheduler `_partial_`), so a checkpoint rebuilds itself.
+
+    `mixup_alpha` / `cutmix_alpha` > 0 mix training batches (the loss takes the soft targets, the
+    metrics the hard labels); `compile` compiles the net in place for training only, so checkpoints
+    keep plain parameter names and evaluation does not compile.
+    """
 
     def __init__(
         self,
@@ -47,6 +53,9 @@ class EmotionClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         channels_last: bool = True,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        compile: bool = False,
     ):
         super().__init__()
         net, optimizer, scheduler, class_weights = (_plain(c) for c in (net, optimizer, scheduler, class_weights))
@@ -58,6 +67,7 @@ class EmotionClassifier(L.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
 
         num_classes = len(EMOTIONS)
+        self.mix = batch_mix(mixup_alpha, cutmix_alpha, num_classes)
         scores = MetricCollection({
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1_macro": MulticlassF1Score(num_classes, average="macro"),
@@ -74,13 +84,21 @@ class EmotionClassifier(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against class indices or (mixed) class probabilities."""
+        return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+
+    def on_fit_start(self):
+        if self.hparams.compile:
+            self.net.compile()  # in place: the state dict keeps its names (no `_orig_mod.`)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
+        targets = labels
+        if self.mix is not None:
+            images, targets = self.mix(images, labels)
         logits = self(images)
-        loss = self._loss(logits, labels)
+        loss = self._loss(logits, targets)
         self.train_scores.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_scores, on_step=False, on_epoch=True)
@@ -115,7 +133,11 @@ class EmotionClassifier(L.LightningModule):
         self.log_dict(self.test_scores)
 
     def predict_step(self, batch, batch_idx):
+        """Class probabilities of (B, 1, H, W) faces, or of (B, V, 1, H, W) test-time views: the
+        mean over each face's V views."""
         images, _ = batch
+        if images.dim() == 5:
+            return self(images.flatten(0, 1)).softmax(dim=1).unflatten(0, images.shape[:2]).mean(dim=1)
         return self(images).softmax(dim=1)
 
     def configure_optimizers(self):
