@@ -6,3 +6,12 @@ EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 class FERError(Exception):
     """Bad input from the user (file, CSV row, folder or config value); the message names it."""
+
+
+def __getattr__(name: str):
+    """`from fer import Recognizer` without importing torch and MTCNN for `from fer import EMOTIONS`."""
+    if name == "Recognizer":
+        from fer.recognizer import Recognizer
+
+        return Recognizer
+    raise AttributeError(f"module 'fer' has no attribute {name!r}")

@@ -83,3 +83,19 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def emotion_timeline_figure(tracks: Mapping[int, tuple[Sequence[float], np.ndarray]], title: str = "") -> plt.Figure:
+    """Probability of each emotion over time, one panel per tracked face: `tracks` maps a track id
+    to (times in seconds, (T, 7) probabilities)."""
+    fig, axes = plt.subplots(len(tracks), 1, figsize=(11, 2.4 * len(tracks) + 0.8), squeeze=False, sharex=True)
+    for ax, (track_id, (times, probs)) in zip(axes[:, 0], tracks.items()):
+        for k, name in enumerate(EMOTIONS):
+            ax.plot(times, probs[:, k], label=name, linewidth=1.2)
+        ax.set(ylim=(0, 1), ylabel="probability", title=f"face #{track_id}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,91 @@
+"""Prediction-speed benchmark: classifier throughput and latency (PyTorch, ONNX Runtime fp32 and
+int8), and frames/second of the whole app on a 640x480 video with one moving face."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from fer.data.fer2013 import load_split
+from fer.export import export_onnx, quantize_int8, session
+from fer.models.deploy import load_face_classifier
+from fer.predict import predict
+from fer.recognizer import Recognizer
+
+
+def rate(run: Callable[[], object], items: int, seconds: float) -> float:
+    """Items per second of `run` over about `seconds`, after one warm-up call."""
+    run()
+    start, calls = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
+        run()
+        calls += 1
+    return items * calls / elapsed
+
+
+def write_face_video(path: Path, face: np.ndarray, frames: int, width: int, height: int, fps: float = 30) -> Path:
+    """A video of one face (upscaled to 40 % of the frame height) swaying left and right."""
+    side = int(height * 0.4)
+    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for t in range(frames):
+        canvas = np.full((height, width, 3), 100, np.uint8)
+        x = (width - side) // 2 + int((width - side) / 3 * np.sin(t / 20))
+        y = (height - side) // 2
+        canvas[y:y + side, x:x + side] = big[..., None]
+        writer.write(canvas)
+    writer.release()
+    return path
+
+
+def bench_predict(cfg: DictConfig) -> dict:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classifier, checkpoint = load_face_classifier(cfg.checkpoint)
+    public_test = load_split(cfg.data.root, "val", cfg.data.cache_dir)
+    faces = public_test.images[: cfg.batch_size].numpy()
+    results: dict = {"threads": torch.get_num_threads(), "classifier": {}}
+
+    def record(name: str, run_batch: Callable[[np.ndarray], object]) -> None:
+        results["classifier"][name] = {
+            "faces_per_s": rate(lambda: run_batch(faces), len(faces), cfg.seconds),
+            "latency_ms": 1000 / rate(lambda: run_batch(faces[:1]), 1, cfg.seconds),
+        }
+
+    with torch.inference_mode():
+        record("pytorch", lambda x: classifier(torch.from_numpy(x)))
+    if cfg.onnx:
+        fp32 = export_onnx(classifier, out / "classifier.onnx", {})
+        int8 = quantize_int8(fp32, out / "classifier.int8.onnx", load_split(cfg.data.root, "train", cfg.data.cache_dir).images[:512].numpy())
+        for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+            runtime = session(path)
+            record(name, lambda x, runtime=runtime: runtime.run(None, {"faces": x}))
+
+    video = write_face_video(out / "one_face.mp4", public_test.images[cfg.video.face_index].numpy(), cfg.video.frames,
+                             cfg.video.width, cfg.video.height)
+    recognizer = Recognizer(cfg.checkpoint, min_face_size=cfg.predict.min_face)
+    results["end_to_end"] = {}
+    for detect_every in cfg.predict.detect_every:
+        start = time.perf_counter()
+        summary = predict([str(video)], out / f"predict_detect_every_{detect_every}", recognizer,
+                          detect_every=detect_every, smoothing=0.5, progress=False)
+        seconds = time.perf_counter() - start
+        frames = summary["sources"][0]["frames"]
+        results["end_to_end"][f"detect_every={detect_every}"] = {
+            "fps": frames / seconds, "frames": frames, "faces": summary["faces"]}
+
+    (out / "bench_predict.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name, r in results["classifier"].items():
+        print(f"classifier {name:10s} batch={cfg.batch_size} faces/s={r['faces_per_s']:.0f} "
+              f"batch=1 latency_ms={r['latency_ms']:.2f}")
+    for name, r in results["end_to_end"].items():
+        print(f"end_to_end {cfg.video.width}x{cfg.video.height} {name} min_face={cfg.predict.min_face} "
+              f"frames/s={r['fps']:.1f} faces={r['faces']}/{r['frames']}")
+    return results
