@@ -17,24 +17,40 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[L.LightningDataModule, 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, class_weights=datamodule.class_weights, _recursive_=False)
+    return datamodule, model, build_trainer(cfg, **trainer_overrides)
+
+
+def build_trainer(cfg: DictConfig, **trainer_overrides) -> L.Trainer:
+    """The trainer of `cfg.trainer` with the callbacks of `cfg.callbacks` and loggers of `cfg.logger`
+    (unless `trainer_overrides` replace them)."""
     options = dict(trainer_overrides)
     if "callbacks" not in options:
         options["callbacks"] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if "logger" not in options:
         options["logger"] = [instantiate(c) for c in (cfg.get("logger") or {}).values()] or False
-    return datamodule, model, instantiate(cfg.trainer, **options)
+    return instantiate(cfg.trainer, **options)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the classifier (resuming from `cfg.ckpt_path` when given) and return the PublicTest
     metrics of the best checkpoint, which are also logged to TensorBoard with the run's config."""
+    return fit(cfg)[0]
+
+
+def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Trainer]:
+    """`train`, also returning the datamodule (its loaded splits) and the trainer (its checkpoints)."""
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
-    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+    best = best_checkpoint(trainer)
     log.info("best checkpoint: %s", best or "(none saved: the final weights are scored)")
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)[0]
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), {f"hp/{k}": v for k, v in metrics.items()})
     log.info("PublicTest (val) of the best checkpoint: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return metrics
+    return metrics, datamodule, trainer
+
+
+def best_checkpoint(trainer: L.Trainer) -> str:
+    """The path of the best checkpoint on the monitored metric, or "" when none was saved."""
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")

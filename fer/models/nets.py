@@ -56,6 +56,10 @@ class ConvNet(nn.Module):
     def forward(self, x):
         return self.head(self.features(x))
 
+    def penultimate(self, x):
+        """The activations that feed the last linear layer (the embedding that FID/KID compare)."""
+        return self.head[:-1](self.features(x))
+
 
 def resnet18(num_classes: int = 7, in_channels: int = 1, dropout: float = 0.0) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR-style stem (3x3 stride-1 conv, no max-pool) that

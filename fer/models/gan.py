@@ -1,0 +1,140 @@
+"""The class-conditional DCGAN `LightningModule`: a thin wrapper (manual optimization, adversarial
+loss, EMA of the generator) around the plain nets in `fer.models.gan_nets`."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from fer import FERError
+from fer.models.classifier import _plain
+
+LOSSES = ("hinge", "bce")
+
+
+def _build(key: str, config: dict) -> torch.nn.Module:
+    """A net from its config; a bad option is a `FERError` naming the config key."""
+    try:
+        return instantiate(config)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise FERError(f"{key}: {cause}") from error
+
+
+class ConditionalGAN(L.LightningModule):
+    """Takes (B, 1, 48, 48) float faces in [0, 1] with their labels; samples in the same range.
+
+    `generator`, `discriminator`, `optimizer_g`, `optimizer_d` are Hydra configs (the optimizers
+    `_partial_`), stored as plain dicts so a checkpoint rebuilds itself and loads with
+    `weights_only=True`. Stabilisers: `loss` hinge or BCE, one-sided `label_smoothing` of the real
+    targets (BCE only), spectral norm (in the discriminator's config), `ema_decay` (an EMA copy of
+    G that `sample` uses; null: sample the raw G), `clip_grad_norm` on both nets.
+    """
+
+    def __init__(
+        self,
+        generator: dict,
+        discriminator: dict,
+        optimizer_g: dict,
+        optimizer_d: dict,
+        loss: str = "hinge",
+        label_smoothing: float = 0.0,
+        ema_decay: float | None = 0.999,
+        aux_weight: float = 1.0,
+        clip_grad_norm: float | None = None,
+        lr: float | None = None,  # the optimizers' learning rate, kept for the record (configs interpolate it)
+    ):
+        super().__init__()
+        generator, discriminator, optimizer_g, optimizer_d = (_plain(c) for c in (generator, discriminator, optimizer_g, optimizer_d))
+        if loss not in LOSSES:
+            raise FERError(f"model.loss must be one of {list(LOSSES)}, got {loss!r}")
+        if not 0 <= label_smoothing < 1:
+            raise FERError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise FERError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.generator = _build("model.generator", generator)
+        self.discriminator = _build("model.discriminator", discriminator)
+        self.ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+                    if ema_decay is not None else None)
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.latent_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.generator.num_classes
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 48, 48) faces in [0, 1] from the EMA generator (the raw one without EMA), in eval mode."""
+        net = self.ema.module if self.ema is not None else self.generator
+        was_training = net.training
+        net.eval()
+        images = net(z.to(self.device), labels.to(self.device))
+        net.train(was_training)
+        return (images + 1) / 2
+
+    # -- losses ----------------------------------------------------------------------------------
+    def _d_adversarial(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "hinge":
+            return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        target = torch.full_like(real, 1 - self.hparams.label_smoothing)
+        return F.binary_cross_entropy_with_logits(real, target) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+    def _g_adversarial(self, fake: torch.Tensor) -> torch.Tensor:
+        if self.hparams.loss == "hinge":
+            return -fake.mean()
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+    def training_step(self, batch, batch_idx):
+        opt_g, opt_d = self.optimizers()
+        images, labels = batch
+        real = images * 2 - 1
+        z = torch.randn(len(labels), self.latent_dim, device=self.device)
+
+        fake = self.generator(z, labels)
+
+        # discriminator: real vs generated (only D's parameters take gradients)
+        self.toggle_optimizer(opt_d)
+        d_real, cls_real = self.discriminator(real, labels)
+        d_fake, cls_fake = self.discriminator(fake.detach(), labels)
+        d_loss = self._d_adversarial(d_real, d_fake)
+        if cls_real is not None:  # AC-GAN: D also names the class of real and generated faces
+            d_loss = d_loss + self.hparams.aux_weight * (F.cross_entropy(cls_real, labels) + F.cross_entropy(cls_fake, labels))
+        self._step(opt_d, d_loss)
+        self.untoggle_optimizer(opt_d)
+
+        # generator: fool the updated D on the same latent batch
+        self.toggle_optimizer(opt_g)
+        g_fake, g_cls = self.discriminator(fake, labels)
+        g_loss = self._g_adversarial(g_fake)
+        if g_cls is not None:
+            g_loss = g_loss + self.hparams.aux_weight * F.cross_entropy(g_cls, labels)
+        self._step(opt_g, g_loss)
+        self.untoggle_optimizer(opt_g)
+        if self.ema is not None:
+            self.ema.update_parameters(self.generator)
+
+        self.log_dict({"gan/d_loss": d_loss, "gan/g_loss": g_loss}, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict({"gan/d_real": d_real.mean(), "gan/d_fake": d_fake.mean()}, on_step=True, on_epoch=True)
+
+    def _step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.clip_grad_norm:  # Trainer(gradient_clip_val) does not apply under manual optimization
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.clip_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def configure_optimizers(self):
+        opt_g = instantiate(self.hparams.optimizer_g)(params=self.generator.parameters())
+        opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
+        return opt_g, opt_d
