@@ -5,15 +5,31 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fer import FERError
+
 log = logging.getLogger(__name__)
+
+
+def refuse_ddp_in_a_local_sweep(cfg: DictConfig) -> None:
+    """Lightning's `ddp` starts its extra processes by re-running the command line; inside a local
+    `-m` sweep each of them would re-run the whole sweep (Lightning issue #11300)."""
+    if cfg.trainer.get("strategy") != "ddp" or not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN and hydra.launcher._target_.endswith("BasicLauncher"):
+        raise FERError("trainer.strategy=ddp re-runs the command line in every process, and inside a -m sweep that is the "
+                       "whole sweep: use trainer.strategy=ddp_spawn (the trainer=ddp default) or hydra/launcher=slurm")
 
 
 def build(cfg: DictConfig, **trainer_overrides) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The run's datamodule, model and trainer, as the config wires them (after seeding);
     `trainer_overrides` replace trainer arguments, callbacks and loggers included."""
+    refuse_ddp_in_a_local_sweep(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, class_weights=datamodule.class_weights, _recursive_=False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from fer import FERError
 from fer.train import train
 
 from conftest import compose_config, run_script, tiny_train_overrides, write_folders
@@ -108,3 +110,32 @@ def test_training_with_mixup_cutmix_and_on_device_data(fer_folders, tmp_path):
                                              "model.mixup_alpha=0.2", "model.cutmix_alpha=1.0"])
     metrics = train(cfg)
     assert 0 <= metrics["val/acc"] <= 1 and "val/f1_macro" in metrics
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `slurm` extra is not installed")
+    cfg = compose_config("train", tmp_path, ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "experiment=fer2013_best"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.gpus_per_node == launcher.tasks_per_node == cfg.trainer.devices == 1
+
+
+def test_plain_ddp_is_refused_inside_a_local_sweep(fer_folders, tmp_path):
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "trainer=ddp", "trainer.strategy=ddp",
+                                             "hydra.mode=MULTIRUN"])
+    with pytest.raises(FERError, match="trainer.strategy=ddp .* -m sweep"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_on_two_cpu_processes(tmp_path):
+    # 2 gloo processes through the Hydra entry (trainer=ddp is ddp_spawn), each with its half of the batches
+    root = write_folders(tmp_path / "fer", {"Training": 8, "PublicTest": 4})
+    run = tmp_path / "run"
+    result = run_script("train.py", [*tiny_train_overrides(root), "trainer=ddp", "trainer.accelerator=cpu",
+                                     "trainer.precision=32-true", "trainer.devices=2", f"hydra.run.dir={run}"], cwd=tmp_path)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 7 * 8 // (2 * 8)  # 56 images, batches of 8, shared by 2 processes
+    assert "PublicTest (val) of the best checkpoint" in result.stderr + result.stdout
+    assert "'val/acc'" in result.stderr + result.stdout
+    assert sorted(p.name for p in tmp_path.glob("**/.hydra")) == [".hydra"]  # one run folder, not one per process
