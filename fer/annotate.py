@@ -45,8 +45,10 @@ def annotate(frame: np.ndarray, records: Sequence[FaceRecord]) -> np.ndarray:
         for i, name in enumerate(EMOTIONS):
             top = y1 + i * row
             length = int(round(record.probabilities[name] * bar_width))
-            cv2.rectangle(out, (left, top + 1), (left + bar_width, top + row - 1), (60, 60, 60), 1)
+            cv2.rectangle(out, (left, top + 1), (left + bar_width, top + row - 1), (40, 40, 40), cv2.FILLED)
             cv2.rectangle(out, (left, top + 1), (left + length, top + row - 1), COLORS[name], cv2.FILLED)
+            cv2.putText(out, name[:3], (left + 2, top + row - 2), cv2.FONT_HERSHEY_SIMPLEX, small,
+                        (0, 0, 0), 2, cv2.LINE_AA)
             cv2.putText(out, name[:3], (left + 2, top + row - 2), cv2.FONT_HERSHEY_SIMPLEX, small,
                         (255, 255, 255), 1, cv2.LINE_AA)
     return out
