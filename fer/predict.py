@@ -87,7 +87,9 @@ def prepare_output(out: Path, inputs: Sequence[str]) -> Path:
 
 def predict_images(paths: Sequence[Path], recognizer: Recognizer, writer: PredictionWriter,
                    draw: bool = True, progress: bool = True) -> None:
-    for start in tqdm(range(0, len(paths), IMAGE_CHUNK), desc="images", unit="chunk", disable=not progress):
+    bar = tqdm(total=len(paths), desc="images", unit="image", disable=not progress or not paths)
+    for start in range(0, len(paths), IMAGE_CHUNK):
+        bar.update(len(paths[start:start + IMAGE_CHUNK]))
         images, sources = [], []
         for path in paths[start:start + IMAGE_CHUNK]:
             try:
@@ -106,6 +108,7 @@ def predict_images(paths: Sequence[Path], recognizer: Recognizer, writer: Predic
             if draw:
                 suffix = path.suffix.lower() if path.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
                 cv2.imwrite(str(writer.path_for(path, suffix)), annotate(image, records))
+    bar.close()
 
 
 def predict_stream(capture: cv2.VideoCapture, source: str, recognizer: Recognizer, writer: PredictionWriter,
