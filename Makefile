@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(BIN)/python scripts/train.py $(ARGS)
+	$(BIN)/python scripts/pipeline.py $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)

@@ -25,7 +25,7 @@ from fer.data.fer2013 import Split, aligned_split, load_image_folder, load_split
 
 log = logging.getLogger(__name__)
 
-BALANCE_OPTIONS = ("none", "class_weights", "oversample")
+BALANCE_OPTIONS = ("none", "class_weights", "oversample", "gan")  # gan: GAN samples in extra_train_dirs
 EVAL_SPLITS = ("val", "test")
 
 
@@ -62,6 +62,9 @@ class FERDataModule(L.LightningDataModule):
         super().__init__()
         if balance not in BALANCE_OPTIONS:
             raise FERError(f"data.balance must be one of {list(BALANCE_OPTIONS)}, got {balance!r}")
+        if balance == "gan" and not extra_train_dirs:
+            raise FERError("data.balance=gan needs the generated folders in data.extra_train_dirs "
+                           "(scripts/pipeline.py adds them; or scripts/generate.py, then data.extra_train_dirs=[FOLDER])")
         if eval_split not in EVAL_SPLITS:
             raise FERError(f"eval split must be one of {list(EVAL_SPLITS)}, got {eval_split!r}")
         if not 8 <= image_size <= 48:

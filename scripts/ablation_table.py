@@ -1,0 +1,31 @@
+"""The GAN-augmentation ablation as a markdown table:
+    python scripts/ablation_table.py logs/pipeline/multiruns/<time> [MORE_SWEEP_DIRS] [--split val|test] [--out table.md]
+reads each job's metrics.json (of one sweep, or of a sweep run in parts); cells are mean ± std over seeds."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from fer import FERError
+from fer.ablation import markdown_table, read_runs
+
+SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dirs", nargs="+", help="the folder(s) of `scripts/pipeline.py -m` sweeps")
+    parser.add_argument("--split", choices=sorted(SPLIT_NAMES), default="val")
+    parser.add_argument("--out", help="also write the table here (default: <first sweep_dir>/ablation_<split>.md)")
+    args = parser.parse_args()
+    try:
+        table = markdown_table(read_runs(*args.sweep_dirs, split=args.split), SPLIT_NAMES[args.split])
+    except FERError as error:
+        sys.exit(f"error: {error}")
+    out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / f"ablation_{args.split}.md"
+    out.write_text(table)
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The GAN -> generate -> classifier -> evaluate pipeline, its configs and the ablation table."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fer import FERError
+from fer.ablation import markdown_table, read_runs
+from fer.data.datamodule import FERDataModule
+
+from conftest import REPO, compose_config, run_script, tiny_train_overrides
+
+
+def tiny_pipeline_overrides(root) -> list[str]:
+    return [
+        *(f"classifier.{o}" for o in tiny_train_overrides(root)),
+        f"gan.data.root={root}", "gan.data.batch_size=16", "gan.trainer.max_epochs=1", "gan.trainer.accelerator=cpu",
+        "gan.trainer.enable_progress_bar=false", "gan.trainer.log_every_n_steps=1",
+        "gan.model.generator.channels=[16,8,8]", "gan.model.discriminator.channels=[8,8,16]", "gan.model.generator.latent_dim=8",
+        "generate.target_share=null", "generate.n_per_class={disgust:5,fear:3}", "generate.batch_size=4",
+    ]
+
+
+def digest(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_pipeline_end_to_end_on_synthetic_data(fer_folders, tmp_path):
+    run = tmp_path / "run"
+    run_script("pipeline.py", [*tiny_pipeline_overrides(fer_folders), f"hydra.run.dir={run}"], cwd=tmp_path)
+
+    # the GAN trained and logged beside the classifier
+    assert (run / "gan" / "checkpoints" / "last.ckpt").is_file() and (run / "gan" / "samples.png").is_file()
+    assert list((run / "gan" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "classifier" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # the synthetic images: the asked-for counts, 48x48 grayscale, listed in the manifest
+    synthetic = run / "synthetic"
+    rows = list(csv.DictReader(open(synthetic / "manifest.csv")))
+    assert [r["class"] for r in rows] == ["disgust"] * 5 + ["fear"] * 3
+    assert {p.parent.name for p in synthetic.rglob("*.png")} == {"disgust", "fear"} and len(list(synthetic.rglob("*.png"))) == 8
+    for row in rows:
+        with Image.open(synthetic / row["file"]) as image:
+            assert image.mode == "L" and image.size == (48, 48)
+    assert not list(fer_folders.rglob("*synthetic*")) and len(list(fer_folders.rglob("*.png"))) == 7 * 20  # dataset untouched
+
+    # Training grew by exactly those images; PublicTest and PrivateTest did not
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["balance"] == "gan" and summary["synthetic"]["total"] == 8
+    assert summary["train_images"] == 7 * 12 + 8
+    assert summary["train_class_counts"]["disgust"] == 12 + 5 and summary["train_class_counts"]["fear"] == 12 + 3
+    assert summary["val_images"] == 7 * 4
+    assert summary["splits"]["val"]["n"] == summary["splits"]["test"]["n"] == 7 * 4
+    assert summary["splits"]["test"]["source"] == "PrivateTest"
+    assert (run / "evaluate" / "val" / "metrics.json").is_file() and (run / "evaluate" / "test" / "confusion_matrix.png").is_file()
+
+    # a second run into the same folder (reusing the GAN) is refused and leaves the first run's images as they were
+    before = digest(synthetic)
+    result = run_script("pipeline.py", [*tiny_pipeline_overrides(fer_folders), f"hydra.run.dir={run}",
+                                        f"gan.ckpt_path={run / 'gan' / 'checkpoints' / 'last.ckpt'}"], cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "already holds generated images" in result.stderr.strip().splitlines()[-1]
+    assert digest(synthetic) == before
+
+
+def test_balance_gan_without_synthetic_folders_is_refused(fer_folders, tmp_path):
+    with pytest.raises(FERError, match="data.balance=gan needs the generated folders in data.extra_train_dirs"):
+        FERDataModule(root=str(fer_folders), cache_dir=str(tmp_path / "cache"), balance="gan")
+    module = FERDataModule(root=str(fer_folders), cache_dir=str(tmp_path / "cache"), balance="gan",
+                           extra_train_dirs=[str(fer_folders / "test")])
+    module.setup("fit")
+    assert len(module.splits["train"]) == 7 * 12 + 7 * 8 and len(module.splits["val"]) == 7 * 4
+    assert module.class_weights is None
+
+
+def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
+    cfg = compose_config("pipeline", tmp_path, ["classifier.model.optimizer.lr=0.01", "gan.model.lr=0.001",
+                                                "classifier.data.balance=oversample", "gan.trainer.max_epochs=3"])
+    assert cfg.classifier.model.optimizer.lr == 0.01 and cfg.classifier.model.scheduler.max_lr == 0.01
+    assert cfg.gan.model.lr == 0.001 and cfg.gan.model.optimizer_g.lr == cfg.gan.model.optimizer_d.lr == 0.001
+    assert cfg.classifier.model._target_ == "fer.models.classifier.EmotionClassifier"
+    assert cfg.gan.model._target_ == "fer.models.gan.ConditionalGAN"
+    assert cfg.gan.trainer.max_epochs == 3 and cfg.gan.trainer.limit_val_batches == 0
+    assert cfg.classifier.data.balance == "oversample" and cfg.gan.data.augment.erase == 0
+
+    from fer.pipeline import stage_config
+
+    stage = stage_config(cfg, "gan", tmp_path / "run" / "gan", "gan")
+    assert stage.callbacks.latest_checkpoint.dirpath == str(tmp_path / "run" / "gan" / "checkpoints")
+    assert stage.logger.tensorboard.save_dir == str(tmp_path / "run" / "gan") and stage.seed == cfg.seed
+
+    sweep = compose_config("pipeline", tmp_path, ["experiment=gan_ablation"])
+    assert sweep.hydra.sweeper.params["classifier.data.balance"] == "none,class_weights,oversample,gan"
+    assert sweep.hydra.sweeper.params.seed == "1,2,3" and sweep.classifier.trainer.accelerator == "cpu"
+
+
+def test_ablation_table_reads_a_sweep(tmp_path):
+    def write(job: int, balance: str, accuracy: float, disgust: float):
+        per_class = {name: {"recall": 0.5} for name in ("angry", "fear", "happy", "neutral", "sad", "surprise")}
+        per_class["disgust"] = {"recall": disgust}
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({
+            "balance": balance, "seed": job,
+            "splits": {"val": {"accuracy": accuracy, "macro_f1": accuracy - 0.1, "per_class": per_class}, "test": None}}))
+
+    write(0, "gan", 0.60, 0.2)
+    write(1, "none", 0.62, 0.0)
+    write(2, "gan", 0.64, 0.4)
+    table = markdown_table(read_runs(tmp_path))
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| data.balance | runs | accuracy (PublicTest)")
+    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.0000 | 0.5000 |"  # the options' order, not the jobs'
+    assert lines[3] == "| gan | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 |"
+    with pytest.raises(FERError, match="no run in .* has test metrics"):
+        read_runs(tmp_path, split="test")
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation_table.py"), str(tmp_path)],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout == table and (tmp_path / "ablation_val.md").read_text() == table
