@@ -177,8 +177,11 @@ def predict(inputs: Sequence[str], output: str | Path, recognizer: Recognizer, w
     """Run the recognizer over `inputs` (image files, folders, videos) and/or a webcam, writing
     everything under `output`. Bad inputs are reported and skipped; returns the run's summary
     (`sources`, `errors`, `faces`)."""
-    if every < 1:
-        raise FERError(f"--every must be >= 1, got {every}")
+    for name, value in (("--every", every), ("--detect-every", detect_every)):
+        if value < 1:
+            raise FERError(f"{name} must be >= 1, got {value}")
+    if not 0 <= smoothing < 1:
+        raise FERError(f"--smoothing must be in [0, 1), got {smoothing}")
     out = prepare_output(Path(output), inputs)
     files, errors = expand_inputs(inputs)
     for error in errors:

@@ -260,6 +260,13 @@ def test_fer_predict_refuses_used_or_nested_output_and_bad_checkpoint(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("option", [["--every", "0"], ["--detect-every", "0"], ["--smoothing", "1.5"], ["--min-face", "4"]])
+def test_fer_predict_bad_option_values(option, tmp_path, capsys):
+    assert fer_predict([str(tmp_path), *option, "-o", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and option[0].lstrip("-").replace("-", "_")[:8] in error.replace("-", "_")
+
+
 def test_fer_predict_missing_webcam_is_one_error(tmp_path):
     result = fer_predict_cli(["--webcam", "9", "--max-frames", "2", "-o", str(tmp_path / "out")], tmp_path)
     assert result.returncode == 1
