@@ -15,9 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from fer import FERError
 from fer.data.augment import to_float
 from fer.evaluate import load_classifier
+from fer.gan_callbacks import sample_grid_figure
 from fer.gan_quality import ClassifierFeatures, quality_report
 from fer.models.gan import ConditionalGAN
 from fer.train import build_trainer
+from fer.viz import save
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ def train_gan(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     ckpt = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
     log.info("GAN checkpoint: %s", ckpt or "(none saved)")
+    if not (out / "samples.png").is_file():  # no SampleGrid callback, or a resumed run that had nothing left to train
+        save(sample_grid_figure(model, title=f"after {trainer.current_epoch} epochs: one row per class, fixed latents")[0],
+             out / "samples.png")
 
     quality = None
     if cfg.quality.get("classifier_ckpt"):

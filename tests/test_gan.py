@@ -238,3 +238,14 @@ def test_train_gan_writes_checkpoint_grid_events_and_quality(fer_folders, tmp_pa
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Images("gan/samples")] == [0, 1]  # the grid after every epoch
     assert {"gan/d_loss_epoch", "gan/g_loss_epoch", "quality/mean_fid", "quality/disgust/agreement"} <= set(events.Tags()["scalars"])
+
+
+def test_a_finished_gan_run_resumed_measures_and_draws_without_training(fer_folders, tmp_path):
+    first = compose_config("train_gan", tmp_path / "a", [f"data.root={fer_folders}", *TINY_GAN, "trainer.max_epochs=1"])
+    last = train_gan(first)["ckpt_path"]
+    before = torch.load(last, weights_only=True)["global_step"]
+    resumed = compose_config("train_gan", tmp_path / "b", [f"data.root={fer_folders}", *TINY_GAN, "trainer.max_epochs=1",
+                                                           f"ckpt_path={last}"])
+    train_gan(resumed)
+    assert (tmp_path / "b" / "run" / "samples.png").is_file()  # the callback never ran: the stage drew it
+    assert not (tmp_path / "b" / "run" / "checkpoints").exists() and torch.load(last, weights_only=True)["global_step"] == before
