@@ -123,3 +123,15 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation_table.py"), str(tmp_path)],
                             capture_output=True, text=True, check=True)
     assert result.stdout == table and (tmp_path / "ablation_val.md").read_text() == table
+
+
+def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):
+    import torch
+
+    from fer.train import build
+
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "data.balance=class_weights"])
+    _, model, _ = build(cfg, logger=False, callbacks=[])
+    assert type(model.hparams.class_weights) is list and len(model.hparams.class_weights) == 7
+    torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
+    assert torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]["class_weights"] == model.hparams.class_weights
