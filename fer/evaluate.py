@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import (
 )
 
 from fer import EMOTIONS, FERError
+from fer.checkpoints import read_checkpoint
 from fer.data.datamodule import FERDataModule
 from fer.models.classifier import EmotionClassifier
 from fer.viz import confusion_matrix_figure, image_grid, save
@@ -29,15 +30,7 @@ SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
 
 def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
     """A classifier and its checkpoint, loaded safely (`weights_only=True`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FERError(f"no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle/zip errors of every kind: not a loadable checkpoint
-        raise FERError(f"{path} is not a loadable checkpoint: {str(error).splitlines()[0]}") from error
-    if not isinstance(checkpoint, dict) or "net" not in checkpoint.get("hyper_parameters", {}) or "state_dict" not in checkpoint:
-        raise FERError(f"{path} is not a checkpoint of this project's classifier")
+    checkpoint = read_checkpoint(path, {"net"}, "classifier")
     model = EmotionClassifier(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint

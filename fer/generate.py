@@ -8,7 +8,6 @@ existing `synthetic/` folder is never written into, and nothing goes inside the 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from fer import EMOTIONS, FERError
+from fer.checkpoints import file_sha256, read_checkpoint
 from fer.data.fer2013 import load_split
 from fer.models.gan import ConditionalGAN
 
@@ -32,27 +32,13 @@ MANIFEST_COLUMNS = ("file", "class", "seed", "generator_sha256")
 
 def load_gan(path: str | Path) -> tuple[ConditionalGAN, str]:
     """A GAN of this project and its checkpoint's SHA-256, loaded safely (`weights_only=True`)."""
-    path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise FERError(f"gan_ckpt: no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle/zip errors of every kind: not a loadable checkpoint
-        raise FERError(f"gan_ckpt: {path} is not a loadable checkpoint: {str(error).splitlines()[0]}") from error
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not {"generator", "discriminator"} <= set(hparams) or "state_dict" not in checkpoint:
-        raise FERError(f"gan_ckpt: {path} is not a checkpoint of this project's GAN (fer.models.gan.ConditionalGAN)")
-    model = ConditionalGAN(**hparams)
+        checkpoint = read_checkpoint(path, {"generator", "discriminator"}, "GAN (fer.models.gan.ConditionalGAN)")
+    except FERError as error:
+        raise FERError(f"gan_ckpt: {error}") from error
+    model = ConditionalGAN(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_counts(n_per_class: int | Mapping[str, int] | None, target_share: float | None,

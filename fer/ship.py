@@ -8,7 +8,6 @@ JSON model card with the training command, config, commit, metrics and calibrati
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from fer import EMOTIONS, FERError
+from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
 from fer.data.fer2013 import save_atomic
 from fer.evaluate import score
@@ -113,7 +113,7 @@ def ship_model(cfg: DictConfig) -> dict:
     save_atomic(shipped, model_path)
     card = {
         "model": model_path.name,
-        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(model_path),
         "size_bytes": model_path.stat().st_size,
         "parameters": sum(p.numel() for p in face_classifier.parameters()),
         "classes": list(EMOTIONS),

@@ -21,7 +21,7 @@ from fer.recognizer import CSV_COLUMNS
 from fer.ship import calibrate, fit_temperature
 from fer.tracking import IoUTracker, box_iou
 
-from conftest import REPO, compose_config, run_script, tiny_train_overrides, write_folders
+from conftest import REPO, run_script, tiny_train_overrides, write_folders
 
 # PublicTest faces that MTCNN finds when pasted onto a canvas at 80-220 px
 REAL_FACES = ("angry/PublicTest_29284838.jpg", "happy/PublicTest_14330803.jpg", "neutral/PublicTest_28610462.jpg")
