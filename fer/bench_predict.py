@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from fer.data.fer2013 import load_split
-from fer.export import export_onnx, quantize_int8, session
+from fer.export import export_onnx, quantize_int8, real_faces, session
 from fer.models.deploy import load_face_classifier
 from fer.predict import predict
 from fer.recognizer import Recognizer
@@ -69,7 +69,9 @@ def bench_predict(cfg: DictConfig) -> dict:
         record("pytorch", lambda x: classifier(torch.from_numpy(x)))
     if cfg.onnx:
         fp32 = export_onnx(classifier, out / "classifier.onnx", {})
-        int8 = quantize_int8(fp32, out / "classifier.int8.onnx", load_split(cfg.data.root, "train", cfg.data.cache_dir).images[:512].numpy())
+        calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", 512,
+                                 checkpoint.get("datamodule_hyper_parameters", {}))
+        int8 = quantize_int8(fp32, out / "classifier.int8.onnx", calibration)
         for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
             runtime = session(path, threads=os.cpu_count())
             record(name, lambda x, runtime=runtime: runtime.run(None, {"faces": x}))

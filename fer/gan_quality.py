@@ -14,7 +14,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from fer import EMOTIONS
 from fer.data.augment import center_crop
-from fer.models.classifier import PIXEL_MEAN, PIXEL_STD, EmotionClassifier
+from fer.models.classifier import EmotionClassifier
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        model = self.classifier
-        x = (center_crop(images.float(), self.image_size) - PIXEL_MEAN) / PIXEL_STD  # as EmotionClassifier.forward
-        if model.hparams.get("channels_last"):
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.classifier.standardize(center_crop(images.float(), self.image_size))
         return self._embed(x).flatten(1).float()
 
     @torch.no_grad()

@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from fer import FERError
 from fer.annotate import annotate
+from fer.data.fer2013 import write_text_atomic
 from fer.media import capture_fps, expand_inputs, frames, is_video, open_capture, read_image
 from fer.recognizer import CSV_COLUMNS, FaceRecord, Recognizer
 from fer.viz import emotion_timeline_figure, save
@@ -67,9 +67,7 @@ class PredictionWriter:
     def close(self) -> None:
         self._csv_file.close()
         payload = {"model": self.model, "sources": self.sources, "faces": self.records}
-        tmp = self.out / f".predictions.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, self.out / "predictions.json")
+        write_text_atomic(json.dumps(payload, indent=1) + "\n", self.out / "predictions.json")
 
 
 def prepare_output(out: Path, inputs: Sequence[str]) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from fer import EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
-from fer.data.fer2013 import save_atomic
+from fer.data.fer2013 import save_atomic, write_text_atomic
 from fer.evaluate import score
 from fer.models.deploy import load_face_classifier
 
@@ -131,9 +130,7 @@ def ship_model(cfg: DictConfig) -> dict:
         "calibration": calibration,
     }
     card_path = out_dir / "model_card.json"
-    tmp = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
+    write_text_atomic(json.dumps(card, indent=2) + "\n", card_path)
     log.info("wrote %s (%.1f MiB) and %s", model_path, card["size_bytes"] / 2**20, card_path)
     print(f"accuracy={card['public_test']['accuracy']:.4f} macro_f1={card['public_test']['macro_f1']:.4f} "
           f"temperature={calibration['temperature']:.3f} ece {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")

@@ -244,5 +244,13 @@ def save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """`save_atomic` for text files (JSON reports, model cards)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha1("\0".join((str(CACHE_VERSION), *parts)).encode()).hexdigest()

@@ -79,10 +79,12 @@ class EmotionClassifier(L.LightningModule):
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.standardize(images))
+
+    def standardize(self, images: torch.Tensor) -> torch.Tensor:
+        """What the net sees of (B, 1, H, W) faces in [0, 1]: standardised, in its memory format."""
         images = (images - PIXEL_MEAN) / PIXEL_STD
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against class indices or (mixed) class probabilities."""
