@@ -11,7 +11,7 @@ class FERError(Exception):
 def __getattr__(name: str):
     """`from fer import Recognizer` without importing torch and MTCNN for `from fer import EMOTIONS`."""
     if name == "Recognizer":
-        from fer.recognizer import Recognizer
+        from fer.app.recognizer import Recognizer
 
         return Recognizer
     raise AttributeError(f"module 'fer' has no attribute {name!r}")

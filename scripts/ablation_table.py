@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fer import FERError
-from fer.ablation import markdown_table, read_runs
+from fer.reports.ablation import markdown_table, read_runs
 
 SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
 

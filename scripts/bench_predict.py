@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from fer.bench_predict import bench_predict
+from fer.bench.predict import bench_predict
 from fer.cli import exit_on_user_error
 
 

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from fer.bench import bench_train
+from fer.bench.train import bench_train
 from fer.cli import exit_on_user_error
 
 

@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.cli import exit_on_user_error
-from fer.evaluate import evaluate
+from fer.training.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

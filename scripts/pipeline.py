@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.cli import exit_on_user_error
-from fer.pipeline import pipeline
+from fer.training.pipeline import pipeline
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pipeline")

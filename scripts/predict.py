@@ -5,7 +5,7 @@
 
 import sys
 
-from fer.predict import main
+from fer.app.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

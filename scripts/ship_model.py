@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.cli import exit_on_user_error
-from fer.ship import ship_model
+from fer.training.ship import ship_model
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="ship_model")

@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.cli import exit_on_user_error
-from fer.train_gan import train_gan
+from fer.training.train_gan import train_gan
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_gan")

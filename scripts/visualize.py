@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.cli import exit_on_user_error
-from fer.visualize import visualize
+from fer.reports.figures import visualize
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="visualize")

@@ -1,6 +1,6 @@
 """The training benchmark runs on CPU and reports sane figures."""
 
-from fer.bench import bench_train
+from fer.bench.train import bench_train
 
 from conftest import compose_config, tiny_train_overrides, write_folders
 

@@ -10,7 +10,7 @@ import torch
 from fer import FERError
 from fer.data.augment import center_crop, to_float
 from fer.data.fer2013 import load_split
-from fer.evaluate import evaluate, score
+from fer.training.evaluate import evaluate, score
 from fer.models.classifier import EmotionClassifier
 
 from conftest import compose_config

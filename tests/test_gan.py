@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from fer import EMOTIONS, FERError
-from fer.gan_quality import ClassifierFeatures, distances, embed, quality_report
-from fer.generate import generate, load_gan, plan_counts
+from fer.reports.gan_quality import ClassifierFeatures, distances, embed, quality_report
+from fer.training.generate import generate, load_gan, plan_counts
 from fer.models.classifier import EmotionClassifier
 from fer.models.gan import ConditionalGAN
 from fer.models.gan_nets import Discriminator, Generator
-from fer.train_gan import train_gan
+from fer.training.train_gan import train_gan
 
 from conftest import compose_config, write_folders
 

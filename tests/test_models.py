@@ -50,7 +50,7 @@ def test_class_weights_weigh_the_loss():
 
 
 def test_compiling_keeps_the_checkpoint_names(tmp_path):
-    from fer.evaluate import load_classifier
+    from fer.models.classifier import load_classifier
 
     cfg = compose_config("train", tmp_path, ["model.compile=true"])
     classifier = instantiate(cfg.model, _recursive_=False)

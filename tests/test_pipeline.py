@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fer import FERError
-from fer.ablation import markdown_table, read_runs
+from fer.reports.ablation import markdown_table, read_runs
 from fer.data.datamodule import FERDataModule
 
 from conftest import REPO, compose_config, run_script, tiny_train_overrides
@@ -89,7 +89,7 @@ def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
     assert cfg.gan.trainer.max_epochs == 3 and cfg.gan.trainer.limit_val_batches == 0
     assert cfg.classifier.data.balance == "oversample" and cfg.gan.data.augment.erase == 0
 
-    from fer.pipeline import stage_config
+    from fer.training.pipeline import stage_config
 
     stage = stage_config(cfg, "gan", tmp_path / "run" / "gan", "gan")
     assert stage.callbacks.latest_checkpoint.dirpath == str(tmp_path / "run" / "gan" / "checkpoints")
@@ -128,7 +128,7 @@ def test_ablation_table_reads_a_sweep(tmp_path):
 def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):
     import torch
 
-    from fer.train import build
+    from fer.training.train import build
 
     cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "data.balance=class_weights"])
     _, model, _ = build(cfg, logger=False, callbacks=[])

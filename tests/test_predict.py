@@ -16,10 +16,10 @@ import torch
 
 from fer import EMOTIONS, Recognizer
 from fer.models.deploy import SHIPPED_MODEL, load_face_classifier
-from fer.predict import main as fer_predict
-from fer.recognizer import CSV_COLUMNS
-from fer.ship import calibrate, fit_temperature
-from fer.tracking import IoUTracker, box_iou
+from fer.app.predict import main as fer_predict
+from fer.app.recognizer import CSV_COLUMNS
+from fer.training.ship import calibrate, fit_temperature
+from fer.app.tracking import IoUTracker, box_iou
 
 from conftest import REPO, run_script, tiny_train_overrides, write_folders
 
@@ -276,7 +276,7 @@ def test_fer_predict_missing_webcam_is_one_error(tmp_path):
 # -- ONNX export -----------------------------------------------------------------------------------
 def test_onnx_export_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from fer.export import main as fer_export
+    from fer.training.export import main as fer_export
 
     out = tmp_path / "fer.onnx"
     assert fer_export(["-o", str(out)]) == 0
@@ -287,7 +287,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 def test_onnx_int8_export_agrees_on_real_faces(real_fer2013, tmp_path):
     pytest.importorskip("onnxruntime")
-    from fer.export import export
+    from fer.training.export import export
 
     report = export(None, tmp_path / "fer.onnx", int8=True, data=str(real_fer2013), cache_dir=str(tmp_path / "cache"),
                     calibration_size=128)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fer.data.fer2013 import load_split
-from fer.train import train
+from fer.training.train import train
 
 from conftest import REAL_COUNTS, compose_config
 

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer import FERError
-from fer.train import train
+from fer.training.train import train
 
 from conftest import compose_config, run_script, tiny_train_overrides, write_folders
 
@@ -33,6 +34,8 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     assert last.is_file() and len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
     assert (run / "curves.png").stat().st_size > 0 and (run / ".hydra" / "config.yaml").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tensorboard")).Reload()  # the confusion-matrix callback's figure
+    assert "val/confusion_matrix" in events.Tags()["images"]
 
     result = run_script("evaluate.py", [f"ckpt_path={last}", "split=test", f"data.root={fer_folders}",
                                         f"hydra.run.dir={tmp_path / 'eval'}", "trainer.accelerator=cpu"], cwd=tmp_path)

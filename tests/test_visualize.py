@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from fer.visualize import visualize
+from fer.reports.figures import visualize
 
 from conftest import compose_config
 

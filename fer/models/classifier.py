@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassRecall,
-)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from fer import EMOTIONS
+from fer.checkpoints import read_checkpoint
 from fer.data.augment import batch_mix
-from fer.viz import confusion_matrix_figure
 
 PIXEL_MEAN, PIXEL_STD = 0.5077, 0.2550
 """FER-2013 Training pixel statistics (on [0, 1] images): inputs are standardised with them."""
@@ -76,7 +71,6 @@ class EmotionClassifier(L.LightningModule):
         self.val_scores = scores.clone(prefix="val/")
         self.test_scores = scores.clone(prefix="test/")
         self.val_recall = MulticlassRecall(num_classes, average="none")
-        self.val_confusion = MulticlassConfusionMatrix(num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardize(images))
@@ -111,21 +105,14 @@ class EmotionClassifier(L.LightningModule):
         logits = self(images)
         self.val_scores.update(logits, labels)
         self.val_recall.update(logits, labels)
-        self.val_confusion.update(logits, labels)
         self.log("val/loss", self._loss(logits, labels))
         self.log_dict(self.val_scores, prog_bar=True)
+        return logits  # for callbacks such as the confusion-matrix figure
 
     def on_validation_epoch_end(self):
         recall = self.val_recall.compute()
         self.log_dict({f"val/recall_{name}": value for name, value in zip(EMOTIONS, recall)})
         self.val_recall.reset()
-        matrix = self.val_confusion.compute()
-        self.val_confusion.reset()
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_figure") and not self.trainer.sanity_checking:
-            figure = confusion_matrix_figure(matrix, f"PublicTest, epoch {self.current_epoch}")
-            experiment.add_figure("val/confusion_matrix", figure, global_step=self.current_epoch)
-            plt.close(figure)
 
     def test_step(self, batch, batch_idx):
         images, labels = batch
@@ -152,3 +139,11 @@ class EmotionClassifier(L.LightningModule):
             make_scheduler = partial(make_scheduler, total_steps=int(self.trainer.estimated_stepping_batches))
         scheduler = make_scheduler(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+
+
+def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
+    """A classifier and its checkpoint, loaded safely (`weights_only=True`)."""
+    checkpoint = read_checkpoint(path, {"net"}, "classifier")
+    model = EmotionClassifier(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

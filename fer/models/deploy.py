@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from fer.data.augment import center_crop
-from fer.evaluate import load_classifier
-from fer.models.classifier import EmotionClassifier
+from fer.models.classifier import EmotionClassifier, load_classifier
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "emotion_classifier.ckpt"
 """The default model, inside the package: prediction works offline right after install."""

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer import FERError
 from fer.data.augment import to_float
-from fer.evaluate import load_classifier
-from fer.gan_callbacks import sample_grid_figure
-from fer.gan_quality import ClassifierFeatures, quality_report
+from fer.models.classifier import load_classifier
 from fer.models.gan import ConditionalGAN
-from fer.train import build_trainer
-from fer.viz import save
+from fer.reports.figures import save
+from fer.reports.gan_quality import ClassifierFeatures, quality_report
+from fer.training.callbacks import sample_grid_figure
+from fer.training.train import build_trainer
 
 log = logging.getLogger(__name__)
 

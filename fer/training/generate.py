@@ -121,8 +121,8 @@ def generate(cfg: DictConfig) -> dict:
             raise FERError(f"generate.filter_min_conf must be in (0, 1] or null, got {min_conf!r}")
         if not gen.get("classifier_ckpt"):
             raise FERError("generate.filter_min_conf needs generate.classifier_ckpt (a classifier trained on real data)")
-        from fer.evaluate import load_classifier
-        from fer.gan_quality import ClassifierFeatures
+        from fer.models.classifier import load_classifier
+        from fer.reports.gan_quality import ClassifierFeatures
 
         classifier, checkpoint = load_classifier(gen.classifier_ckpt)
         judge = ClassifierFeatures(classifier, checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48))

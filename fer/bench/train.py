@@ -1,39 +1,14 @@
-"""Lightning callbacks of the project."""
+"""Training-speed benchmark: the run's own datamodule, model and trainer, timed per step."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 
-from fer.viz import curves_figure, save
-
-
-class TrainingCurves(L.Callback):
-    """Writes the per-epoch loss/accuracy/F1 curves to a PNG after every epoch (TensorBoard has
-    the same scalars; the PNG is for reading a run without it)."""
-
-    def __init__(self, path: str, keys: tuple[str, ...] = ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1_macro")):
-        self.path = Path(path)
-        self.keys = keys
-        self.history: dict[str, list[float]] = defaultdict(list)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        for key in self.keys:
-            if key in trainer.callback_metrics:
-                self.history[key].append(float(trainer.callback_metrics[key]))
-        save(curves_figure(self.history), self.path)
-
-    def state_dict(self) -> dict:
-        return {"history": dict(self.history)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = defaultdict(list, state_dict["history"])
+from fer.training.train import build
 
 
 class StepTimer(L.Callback):
@@ -70,3 +45,20 @@ class StepTimer(L.Callback):
         busy, wait = sum(self.step_seconds), sum(self.wait_seconds[: len(self.step_seconds)])
         return {"steps": len(self.step_seconds), "images_per_s": self.images / (busy + wait),
                 "data_wait_share": wait / (busy + wait)}
+
+
+def bench_train(cfg: DictConfig) -> dict[str, float]:
+    """Train `cfg.bench.warmup + cfg.bench.steps` steps (no validation, logging or checkpoints) and
+    print images/s, the implied epoch time and the share of step time spent waiting for data."""
+    timer = StepTimer(warmup=cfg.bench.warmup)
+    datamodule, model, trainer = build(
+        cfg, callbacks=[timer], logger=False, enable_checkpointing=False, limit_val_batches=0,
+        max_steps=cfg.bench.warmup + cfg.bench.steps, num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    result = timer.summary()
+    result["epoch_s"] = len(datamodule.splits["train"]) / result["images_per_s"]
+    print(f"device={model.device.type} steps={result['steps']} batch={cfg.data.batch_size} "
+          f"images/s={result['images_per_s']:.0f} epoch_s={result['epoch_s']:.1f} "
+          f"data_wait={100 * result['data_wait_share']:.1f}%")
+    return result

@@ -21,8 +21,8 @@ from fer import EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
 from fer.data.fer2013 import save_atomic, write_text_atomic
-from fer.evaluate import score
 from fer.models.deploy import load_face_classifier
+from fer.training.evaluate import score
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from fer import EMOTIONS
+from fer.app.tracking import IoUTracker
 from fer.data.align import Detections, FaceAligner
 from fer.models.deploy import SHIPPED_MODEL, load_face_classifier
-from fer.tracking import IoUTracker
 
 DETECTOR_MIN_FACE = 20
 """Faces are searched at this size in the detection pass: a frame is shrunk by

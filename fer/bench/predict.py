@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from fer.app.predict import predict
+from fer.app.recognizer import Recognizer
 from fer.data.fer2013 import load_split
-from fer.export import export_onnx, quantize_int8, real_faces, session
 from fer.models.deploy import load_face_classifier
-from fer.predict import predict
-from fer.recognizer import Recognizer
+from fer.training.export import export_onnx, quantize_int8, real_faces, session
 
 
 def rate(run: Callable[[], object], items: int, seconds: float, windows: int = 3) -> float:

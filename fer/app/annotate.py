@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from fer import EMOTIONS
-from fer.recognizer import FaceRecord
+from fer.app.recognizer import FaceRecord
 
 COLORS = {  # BGR
     "angry": (40, 40, 220), "disgust": (40, 140, 60), "fear": (160, 60, 160), "happy": (0, 200, 255),

@@ -25,10 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fer import EMOTIONS, FERError
-from fer.evaluate import evaluate
-from fer.generate import generate
-from fer.train import best_checkpoint, fit
-from fer.train_gan import train_gan
+from fer.training.evaluate import evaluate
+from fer.training.generate import generate
+from fer.training.train import best_checkpoint, fit
+from fer.training.train_gan import train_gan
 
 log = logging.getLogger(__name__)
 

@@ -18,22 +18,13 @@ from torchmetrics.functional.classification import (
 )
 
 from fer import EMOTIONS, FERError
-from fer.checkpoints import read_checkpoint
 from fer.data.datamodule import FERDataModule
-from fer.models.classifier import EmotionClassifier
-from fer.viz import confusion_matrix_figure, image_grid, save
+from fer.models.classifier import load_classifier
+from fer.reports.figures import confusion_matrix_figure, image_grid, save
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
-
-
-def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
-    """A classifier and its checkpoint, loaded safely (`weights_only=True`)."""
-    checkpoint = read_checkpoint(path, {"net"}, "classifier")
-    model = EmotionClassifier(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint
 
 
 def score(probs: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -22,11 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from fer import FERError
-from fer.annotate import annotate
+from fer.app.annotate import annotate
+from fer.app.media import capture_fps, expand_inputs, frames, is_video, open_capture, read_image
+from fer.app.recognizer import CSV_COLUMNS, FaceRecord, Recognizer
 from fer.data.fer2013 import write_text_atomic
-from fer.media import capture_fps, expand_inputs, frames, is_video, open_capture, read_image
-from fer.recognizer import CSV_COLUMNS, FaceRecord, Recognizer
-from fer.viz import emotion_timeline_figure, save
+from fer.reports.figures import emotion_timeline_figure, save
 
 log = logging.getLogger(__name__)
 

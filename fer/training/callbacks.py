@@ -1,0 +1,103 @@
+"""The Lightning callbacks of the training stages: curves and confusion matrices of a classifier
+run, sample grids of a GAN run."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.utils import make_grid
+
+from fer import EMOTIONS
+from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
+
+
+class TrainingCurves(L.Callback):
+    """Writes the per-epoch loss/accuracy/F1 curves to a PNG after every epoch (TensorBoard has
+    the same scalars; the PNG is for reading a run without it)."""
+
+    def __init__(self, path: str, keys: tuple[str, ...] = ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1_macro")):
+        self.path = Path(path)
+        self.keys = keys
+        self.history: dict[str, list[float]] = defaultdict(list)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        for key in self.keys:
+            if key in trainer.callback_metrics:
+                self.history[key].append(float(trainer.callback_metrics[key]))
+        save(curves_figure(self.history), self.path)
+
+    def state_dict(self) -> dict:
+        return {"history": dict(self.history)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = defaultdict(list, state_dict["history"])
+
+
+class ConfusionMatrixFigure(L.Callback):
+    """Logs the PublicTest (val) confusion matrix as a TensorBoard figure after every validation
+    epoch, from the logits that the classifier's `validation_step` returns."""
+
+    def __init__(self) -> None:
+        self.confusion = MulticlassConfusionMatrix(len(EMOTIONS))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.confusion = self.confusion.to(pl_module.device)  # synced across processes on their device
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.confusion.update(outputs.detach(), batch[1])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        matrix = self.confusion.compute()
+        self.confusion.reset()
+        experiment = getattr(pl_module.logger, "experiment", None)
+        if hasattr(experiment, "add_figure") and not trainer.sanity_checking and trainer.is_global_zero:
+            figure = confusion_matrix_figure(matrix, f"PublicTest, epoch {trainer.current_epoch}")
+            experiment.add_figure("val/confusion_matrix", figure, global_step=trainer.current_epoch)
+            plt.close(figure)
+
+
+def fixed_latents(latent_dim: int, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` latent vectors for each class (the same vectors for every class), and their labels."""
+    z = torch.randn(per_class, latent_dim, generator=torch.Generator().manual_seed(seed))
+    labels = torch.arange(len(EMOTIONS)).repeat_interleave(per_class)
+    return z.repeat(len(EMOTIONS), 1), labels
+
+
+def sample_grid_figure(model, per_class: int = 8, seed: int = 0, title: str = ""):
+    """One row per class, one column per fixed latent: the labelled PNG figure of `model.sample`."""
+    z, labels = fixed_latents(model.latent_dim, per_class, seed)
+    images = model.sample(z, labels).cpu()
+    return image_grid(images, labels.tolist(), columns=per_class, title=title), images
+
+
+class SampleGrid(L.Callback):
+    """A fixed-latent sample grid per class (one row per class) from the GAN's sampling generator
+    (its EMA copy when it has one): logged to TensorBoard after every epoch and written as a PNG at
+    the end of training."""
+
+    def __init__(self, path: str, per_class: int = 8, seed: int = 0):
+        self.path = Path(path)
+        self.per_class, self.seed = per_class, seed
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        z, labels = fixed_latents(pl_module.latent_dim, self.per_class, self.seed)
+        grid = make_grid(pl_module.sample(z, labels).cpu(), nrow=self.per_class, padding=2, pad_value=1.0)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("gan/samples", grid, global_step=trainer.current_epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            figure, _ = sample_grid_figure(pl_module, self.per_class, self.seed,
+                                           f"after {trainer.current_epoch} epochs: one row per class, fixed latents")
+            save(figure, self.path)
