@@ -47,8 +47,9 @@ class ConfusionMatrixFigure(L.Callback):
     def __init__(self) -> None:
         self.confusion = MulticlassConfusionMatrix(len(EMOTIONS))
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.confusion = self.confusion.to(pl_module.device)  # synced across processes on their device
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # beside the model (in fit and in a plain validate), so that DDP syncs it on its device
+        self.confusion = self.confusion.to(pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.confusion.update(outputs.detach(), batch[1])
