@@ -136,22 +136,6 @@ def test_evaluate_accepts_the_shipped_model(tmp_path):
     assert metrics["n"] == 14 and str(SHIPPED_MODEL) in json.dumps(metrics)
 
 
-def test_ship_model_writes_a_loadable_model_and_card(tmp_path):
-    root = write_folders(tmp_path / "fer2013", {"Training": 12, "PublicTest": 4})
-    run_script("train.py", [*tiny_train_overrides(root), "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}"],
-               cwd=tmp_path)
-    best = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    run_script("ship_model.py", [f"ckpt_path={best}", f"out_dir={tmp_path / 'assets'}", f"data.root={root}",
-                                 "training.commit=abc1234", "training.machine=test", f"hydra.run.dir={tmp_path / 'ship'}"],
-               cwd=tmp_path)
-    card = json.loads((tmp_path / "assets" / "model_card.json").read_text())
-    assert "model.net.stages=[[8],[16]]" in card["training"]["command"]
-    assert card["training"]["commit"] == "abc1234" and card["public_test"]["n"] == 28
-    classifier, checkpoint = load_face_classifier(tmp_path / "assets" / "emotion_classifier.ckpt")
-    assert "optimizer_states" not in checkpoint
-    assert float(classifier.temperature) == pytest.approx(card["calibration"]["temperature"])
-
-
 # -- recognizer API --------------------------------------------------------------------------------
 def test_recognizer_finds_no_face_in_noise(recognizer):
     noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)

@@ -184,7 +184,10 @@ def predict(inputs: Sequence[str], output: str | Path, recognizer: Recognizer, w
     files, errors = expand_inputs(inputs)
     for error in errors:
         log.error("%s", error)
-    model = {"checkpoint": str(recognizer.checkpoint_path), "temperature": float(recognizer.classifier.temperature)}
+    classifier = recognizer.classify.classifier
+    model = {"checkpoint": str(recognizer.checkpoint_path), "runtime": recognizer.classify.description,
+             "tta": classifier.tta, "temperature": float(classifier.temperature),
+             "class_bias": [round(b, 4) for b in classifier.class_bias.tolist()]}
     writer = PredictionWriter(out, model)
     try:
         predict_images([p for p in files if not is_video(p)], recognizer, writer, draw, progress)
@@ -228,6 +231,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="a checkpoint of this project (default: the shipped model)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=256, help="faces per classifier batch")
+    parser.add_argument("--tta", choices=["none", "flip"], default="none",
+                        help="flip: average each face with its mirror image (slower; runs on PyTorch)")
     parser.add_argument("--max-frames", type=int, help="stop each video or webcam after this many used frames")
     parser.add_argument("--no-annotate", action="store_true", help="write only predictions.json/csv and plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -242,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        recognizer = Recognizer(args.checkpoint, args.device, args.min_face, args.min_confidence, args.batch_size)
+        recognizer = Recognizer(args.checkpoint, args.device, args.min_face, args.min_confidence, args.batch_size, args.tta)
         summary = predict(args.inputs, args.output, recognizer, args.webcam, args.every, args.detect_every,
                           args.smoothing, args.max_frames, not args.no_annotate, not args.no_progress)
     except (FERError, ValueError) as error:

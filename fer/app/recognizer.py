@@ -23,7 +23,7 @@ import torch
 from fer import EMOTIONS
 from fer.app.tracking import IoUTracker
 from fer.data.align import Detections, FaceAligner
-from fer.models.deploy import SHIPPED_MODEL, load_face_classifier
+from fer.models.deploy import SHIPPED_MODEL, load_runtime
 
 DETECTOR_MIN_FACE = 20
 """Faces are searched at this size in the detection pass: a frame is shrunk by
@@ -69,17 +69,20 @@ def _round(values: np.ndarray, digits: int) -> list:
 
 
 class Recognizer:
-    """Detector + aligner + calibrated classifier. `checkpoint` defaults to the shipped model;
-    faces smaller than `min_face_size` pixels or detected below `min_confidence` are ignored."""
+    """Detector + aligner + calibrated classifier. `checkpoint` defaults to the shipped model, run
+    by ONNX Runtime where its graph is shipped and the `onnx` extra installed (PyTorch otherwise);
+    `tta="flip"` averages each face with its mirror image. Faces smaller than `min_face_size`
+    pixels or detected below `min_confidence` are ignored."""
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", min_face_size: int = 40,
-                 min_confidence: float = 0.9, batch_size: int = 256) -> None:
+                 min_confidence: float = 0.9, batch_size: int = 256, tta: str = "none") -> None:
         if min_face_size < DETECTOR_MIN_FACE // 2:
             raise ValueError(f"min_face_size must be at least {DETECTOR_MIN_FACE // 2} pixels, got {min_face_size}")
         self.device = torch.device(device)
         self.checkpoint_path = Path(checkpoint or SHIPPED_MODEL)
-        self.classifier, self.checkpoint = load_face_classifier(self.checkpoint_path)
-        self.classifier.to(self.device)
+        self.classify = load_runtime(self.checkpoint_path, tta, device, batch_size)
+        """(N, 48, 48) uint8 aligned faces -> (N, 7) calibrated probabilities"""
+        self.checkpoint = self.classify.checkpoint
         self.min_confidence = min_confidence
         self.batch_size = batch_size
         self.detection_scale = min(1.0, DETECTOR_MIN_FACE / min_face_size)
@@ -104,14 +107,6 @@ class Recognizer:
             results.append(Detections((det.boxes[keep] + 0.5) / s - 0.5, det.probs[keep],
                                       (det.landmarks[keep] + 0.5) / s - 0.5))
         return results
-
-    @torch.inference_mode()
-    def classify(self, faces: np.ndarray) -> np.ndarray:
-        """(N, 48, 48) uint8 aligned faces -> (N, 7) calibrated probabilities."""
-        if not len(faces):
-            return np.zeros((0, len(EMOTIONS)), np.float32)
-        batches = torch.from_numpy(np.ascontiguousarray(faces)).split(self.batch_size)
-        return torch.cat([self.classifier(b.to(self.device)).float().cpu() for b in batches]).numpy()
 
     # -- images --------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, source: str = "<array>") -> list[FaceRecord]:

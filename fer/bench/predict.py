@@ -1,5 +1,6 @@
-"""Prediction-speed benchmark: classifier throughput and latency (PyTorch, ONNX Runtime fp32 and
-int8), and frames/second of the whole app on a 640x480 video with one moving face."""
+"""Prediction-speed benchmark: classifier throughput and latency (the default runtime that
+`fer-predict` picks, PyTorch, ONNX Runtime fp32 and int8), and frames/second of the whole app on a
+640x480 video with one moving face."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from omegaconf import DictConfig
 from fer.app.predict import predict
 from fer.app.recognizer import Recognizer
 from fer.data.fer2013 import load_split
-from fer.models.deploy import load_face_classifier
-from fer.training.export import export_onnx, quantize_int8, real_faces, session
+from fer.models.deploy import load_face_classifier, load_runtime, onnx_session
+from fer.training.export import export_onnx, quantize_int8, real_faces
 
 
 def rate(run: Callable[[], object], items: int, seconds: float, windows: int = 3) -> float:
@@ -65,6 +66,9 @@ def bench_predict(cfg: DictConfig) -> dict:
             "latency_ms": 1000 / rate(lambda: run_batch(faces[:1]), 1, cfg.seconds),
         }
 
+    default = load_runtime(cfg.checkpoint)
+    results["default_runtime"] = default.description
+    record("default", default)
     with torch.inference_mode():
         record("pytorch", lambda x: classifier(torch.from_numpy(x)))
     if cfg.onnx:
@@ -73,7 +77,7 @@ def bench_predict(cfg: DictConfig) -> dict:
                                  checkpoint.get("datamodule_hyper_parameters", {}))
         int8 = quantize_int8(fp32, out / "classifier.int8.onnx", calibration)
         for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
-            runtime = session(path, threads=os.cpu_count())
+            runtime = onnx_session(path, threads=os.cpu_count())
             record(name, lambda x, runtime=runtime: runtime.run(None, {"faces": x}))
 
     video = write_face_video(out / "one_face.mp4", public_test.images[cfg.video.face_index].numpy(), cfg.video.frames,
@@ -90,6 +94,7 @@ def bench_predict(cfg: DictConfig) -> dict:
             "fps": frames / seconds, "frames": frames, "faces": summary["faces"]}
 
     (out / "bench_predict.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"default runtime: {results['default_runtime']}")
     for name, r in results["classifier"].items():
         print(f"classifier {name:10s} batch={cfg.batch_size} faces/s={r['faces_per_s']:.0f} "
               f"batch=1 latency_ms={r['latency_ms']:.2f}")

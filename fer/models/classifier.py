@@ -121,13 +121,16 @@ class EmotionClassifier(L.LightningModule):
         self.log("test/loss", self._loss(logits, labels))
         self.log_dict(self.test_scores)
 
-    def predict_step(self, batch, batch_idx):
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities of (B, 1, H, W) faces, or of (B, V, 1, H, W) test-time views: the
         mean over each face's V views."""
-        images, _ = batch
         if images.dim() == 5:
             return self(images.flatten(0, 1)).softmax(dim=1).unflatten(0, images.shape[:2]).mean(dim=1)
         return self(images).softmax(dim=1)
+
+    def predict_step(self, batch, batch_idx):
+        images, _ = batch
+        return self.probabilities(images)
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())

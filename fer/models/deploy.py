@@ -1,41 +1,139 @@
-"""The classifier as prediction uses it: aligned uint8 faces in, calibrated probabilities out.
+"""The classifier as prediction uses it: aligned uint8 faces in, adjusted and calibrated probabilities out.
 
 One module holds everything between an aligned 48x48 face and its 7 probabilities (the
-checkpoint's evaluation crop, the network and the fitted temperature), so PyTorch prediction and
-the exported ONNX graph compute exactly the same thing.
+checkpoint's evaluation crop, optional flip test-time augmentation, the network, the per-class
+biases of post-hoc logit adjustment and the fitted temperature), so PyTorch prediction,
+evaluation and the exported ONNX graph compute exactly the same thing.
+
+A shipped checkpoint `X.ckpt` may have its ONNX graph beside it, `X.onnx` (written by the ship
+stage, int8 where that keeps PublicTest accuracy): `load_runtime` runs that graph with ONNX
+Runtime when the `onnx` extra is installed, and the PyTorch module otherwise.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from fer.data.augment import center_crop
+from fer import EMOTIONS
+from fer.checkpoints import file_sha256
+from fer.data.augment import tta_views
 from fer.models.classifier import EmotionClassifier, load_classifier
+
+log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "emotion_classifier.ckpt"
 """The default model, inside the package: prediction works offline right after install."""
 
 
-class FaceClassifier(nn.Module):
-    """(N, 48, 48) uint8 aligned grayscale faces -> (N, 7) probabilities, softmax(logits / T)."""
+def adjust_probabilities(probs: torch.Tensor, class_bias: torch.Tensor | Sequence[float] | None = None,
+                         temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """softmax((log p + b) / T): post-hoc logit adjustment (a bias per class, which moves the
+    decision towards rare classes) followed by temperature scaling (which only calibrates).
+    With a single view, log p equals the logits up to a per-row constant, so this is
+    softmax((logits + b) / T)."""
+    log_probs = probs.clamp_min(1e-12).log()
+    if class_bias is not None:
+        log_probs = log_probs + torch.as_tensor(class_bias, dtype=log_probs.dtype, device=log_probs.device)
+    return (log_probs / temperature).softmax(dim=-1)
 
-    def __init__(self, model: EmotionClassifier, image_size: int = 48, temperature: float = 1.0):
+
+class FaceClassifier(nn.Module):
+    """(N, 48, 48) uint8 aligned grayscale faces -> (N, 7) probabilities: the mean softmax over the
+    `tta` views (none | flip) of the checkpoint's evaluation crop, then adjusted by the class
+    biases and the temperature."""
+
+    def __init__(self, model: EmotionClassifier, image_size: int = 48, temperature: float = 1.0,
+                 class_bias: Sequence[float] | None = None, tta: str = "none"):
         super().__init__()
+        tta_views(torch.zeros(1, 1, image_size, image_size), tta, image_size)  # rejects an unknown mode here
         self.model = model.eval()
-        self.image_size = image_size
+        self.image_size, self.tta = image_size, tta
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("class_bias", torch.tensor(class_bias or [0.0] * len(EMOTIONS), dtype=torch.float))
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        images = center_crop(faces.unsqueeze(1).float() / 255, self.image_size)
-        return (self.model(images) / self.temperature).softmax(dim=1)
+        views = tta_views(faces.unsqueeze(1).float() / 255, self.tta, self.image_size)
+        return adjust_probabilities(self.model.probabilities(views), self.class_bias, self.temperature)
 
 
-def load_face_classifier(path: str | Path | None = None) -> tuple[FaceClassifier, dict]:
+def load_face_classifier(path: str | Path | None = None, tta: str = "none") -> tuple[FaceClassifier, dict]:
     """A `FaceClassifier` from a checkpoint of ours (default: the shipped model), with its
-    preprocessing and temperature (1 when the checkpoint was never calibrated)."""
+    preprocessing, class biases and temperature (none and 1 when the checkpoint was never shipped)."""
     model, checkpoint = load_classifier(path or SHIPPED_MODEL)
     image_size = checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48)
-    return FaceClassifier(model, image_size, checkpoint.get("temperature", 1.0)), checkpoint
+    classifier = FaceClassifier(model, image_size, checkpoint.get("temperature", 1.0), checkpoint.get("class_bias"), tta)
+    return classifier, checkpoint
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session (`threads` intra-op threads, default: all cores). Needs the
+    `onnx` extra (ImportError otherwise)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-optimisation warnings are not for our users
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class FaceClassifierRuntime:
+    """What prediction calls: (N, 48, 48) uint8 faces (numpy) -> (N, 7) float32 probabilities, in
+    batches, by ONNX Runtime or PyTorch. `description` says which."""
+
+    def __init__(self, classifier: FaceClassifier, checkpoint: dict, session=None, onnx_path: Path | None = None,
+                 device: str = "cpu", batch_size: int = 256):
+        self.classifier, self.checkpoint, self.session = classifier.to(device), checkpoint, session
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.description = f"onnxruntime {onnx_path.name}" if session else f"pytorch ({device})"
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        if not len(faces):
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        faces = np.ascontiguousarray(faces)
+        batches = [faces[i:i + self.batch_size] for i in range(0, len(faces), self.batch_size)]
+        if self.session is not None:
+            return np.concatenate([self.session.run(None, {"faces": batch})[0] for batch in batches])
+        with torch.inference_mode():
+            return torch.cat([self.classifier(torch.from_numpy(b).to(self.device)).float().cpu() for b in batches]).numpy()
+
+
+def onnx_graph_for(checkpoint_path: Path) -> tuple[Path | None, str]:
+    """The ONNX graph shipped beside `checkpoint_path` and made from exactly that file, or None
+    and the reason there is none."""
+    onnx_path = checkpoint_path.with_suffix(".onnx")
+    if not onnx_path.is_file():
+        return None, f"no ONNX graph beside it ({onnx_path.name}; fer-export makes one)"
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (what runs the graph)
+    except ImportError:
+        return None, "the onnx extra is not installed (pip install -e '.[onnx]')"
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    if metadata.get("checkpoint_sha256") != file_sha256(checkpoint_path):
+        return None, f"{onnx_path.name} was not made from this checkpoint"
+    return onnx_path, ""
+
+
+def load_runtime(checkpoint: str | Path | None = None, tta: str = "none", device: str = "cpu",
+                 batch_size: int = 256, threads: int | None = None) -> FaceClassifierRuntime:
+    """The fastest faithful way to run a checkpoint (default: the shipped model): its ONNX graph
+    under ONNX Runtime when there is one made from it, no test-time augmentation is asked for and
+    the device is the CPU; PyTorch otherwise, saying why in one info line."""
+    path = Path(checkpoint or SHIPPED_MODEL)
+    classifier, ckpt = load_face_classifier(path, tta)
+    onnx_path, reason = onnx_graph_for(path)
+    if onnx_path and tta != "none":
+        onnx_path, reason = None, f"tta={tta} runs on PyTorch (the ONNX graph has no test-time augmentation)"
+    if onnx_path and device != "cpu":
+        onnx_path, reason = None, f"device={device} runs on PyTorch"
+    if onnx_path is None:
+        log.info("classifier runs on PyTorch: %s", reason)
+        return FaceClassifierRuntime(classifier, ckpt, device=device, batch_size=batch_size)
+    return FaceClassifierRuntime(classifier, ckpt, onnx_session(onnx_path, threads), onnx_path, device, batch_size)

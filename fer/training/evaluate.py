@@ -20,6 +20,7 @@ from torchmetrics.functional.classification import (
 from fer import EMOTIONS, FERError
 from fer.data.datamodule import FERDataModule
 from fer.models.classifier import load_classifier
+from fer.models.deploy import adjust_probabilities
 from fer.reports.figures import confusion_matrix_figure, image_grid, save
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ def classification_report(metrics: dict) -> str:
 
 
 def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, FERDataModule]:
-    """One checkpoint's class probabilities on `cfg.split` (averaged over the `cfg.tta` views), and
-    the datamodule that prepared the faces as that checkpoint was trained (alignment, crop size)."""
+    """One checkpoint's class probabilities on `cfg.split` (averaged over the `cfg.tta` views, then
+    adjusted by its class biases and temperature where it has them and `cfg.adjust` is on), and the
+    datamodule that prepared the faces as that checkpoint was trained (alignment, crop size)."""
     model, checkpoint = load_classifier(path)
     # how the faces were prepared comes from the checkpoint; where they are, from this config
     data_options = {**checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
@@ -67,7 +69,10 @@ def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, FERDataMod
     except FERError as error:
         raise FERError(f"{path}: {error}") from error
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    return torch.cat(trainer.predict(model, datamodule=datamodule)), datamodule
+    probs = torch.cat(trainer.predict(model, datamodule=datamodule))
+    if cfg.adjust:
+        probs = adjust_probabilities(probs, checkpoint.get("class_bias"), checkpoint.get("temperature", 1.0))
+    return probs, datamodule
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -91,7 +96,8 @@ def evaluate(cfg: DictConfig) -> dict:
     probs = torch.stack([probs for probs, _ in predictions]).mean(dim=0)
 
     source = cfg.data.test_dir if cfg.split == "test" and cfg.data.test_dir else SPLIT_NAMES[cfg.split]
-    metrics = {"split": cfg.split, "source": str(source), "tta": cfg.tta, "members": members, **score(probs, split.labels)}
+    metrics = {"split": cfg.split, "source": str(source), "tta": cfg.tta, "adjust": cfg.adjust, "members": members,
+               **score(probs, split.labels)}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

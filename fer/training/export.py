@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from fer import EMOTIONS, FERError
+from fer.checkpoints import file_sha256
 from fer.data.align import FaceAligner
 from fer.data.fer2013 import load_split
-from fer.models.deploy import SHIPPED_MODEL, FaceClassifier, load_face_classifier
+from fer.models.deploy import SHIPPED_MODEL, FaceClassifier, load_face_classifier, onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,6 @@ def _onnx():
     return onnx, onnxruntime, quantization
 
 
-def session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session (`threads` intra-op threads, default: all cores)."""
-    _, onnxruntime, _ = _onnx()
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export_onnx(classifier: FaceClassifier, path: Path, metadata: dict[str, str]) -> Path:
     """Write `classifier` as ONNX with a dynamic batch axis and `metadata` in the model's props."""
     onnx, _, _ = _onnx()
@@ -53,6 +45,12 @@ def export_onnx(classifier: FaceClassifier, path: Path, metadata: dict[str, str]
     faces = torch.zeros(2, 48, 48, dtype=torch.uint8)
     torch.onnx.export(classifier.eval(), (faces,), str(path), input_names=["faces"], output_names=["probabilities"],
                       dynamic_shapes={"faces": {0: torch.export.Dim("batch")}}, dynamo=True, external_data=False, verbose=False)
+    return write_metadata(path, metadata)
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> Path:
+    """Add `metadata` to the ONNX model's props (where the runtime reads its checkpoint's hash)."""
+    onnx, _, _ = _onnx()
     model = onnx.load(str(path))
     for key, value in metadata.items():
         entry = model.metadata_props.add()
@@ -61,11 +59,18 @@ def export_onnx(classifier: FaceClassifier, path: Path, metadata: dict[str, str]
     return path
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    onnx, _, _ = _onnx()
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
 def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) with activation ranges measured on
     `calibration_faces` ((N, 48, 48) uint8). Weights use 7 bits (`reduce_range`): on AVX2 CPUs
     without VNNI, ONNX Runtime's u8 x s8 products saturate with 8-bit weights (top-1 agreement
-    with PyTorch fell to 90 % on PublicTest faces; 99.8 % with 7 bits)."""
+    with PyTorch fell to 90 % on PublicTest faces; 99.8 % with 7 bits). Only the convolutions and
+    dense layers are quantised: the softmax, logit adjustment and temperature stay in float, so
+    probabilities keep their resolution and sum to 1."""
     _, _, quantization = _onnx()
 
     class Faces(quantization.CalibrationDataReader):
@@ -80,16 +85,17 @@ def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray) ->
     quantization.shape_inference.quant_pre_process(str(fp32_path), str(prepared))
     quantization.quantize_static(str(prepared), str(path), Faces(), quant_format=quantization.QuantFormat.QDQ,
                                  activation_type=quantization.QuantType.QUInt8,
-                                 weight_type=quantization.QuantType.QInt8, per_channel=True, reduce_range=True)
+                                 weight_type=quantization.QuantType.QInt8, per_channel=True, reduce_range=True,
+                                 op_types_to_quantize=["Conv", "Gemm", "MatMul"])
     prepared.unlink()
-    return path
+    return write_metadata(path, {**read_metadata(fp32_path), "precision": "int8"})
 
 
 def compare(path: Path, classifier: FaceClassifier, faces: np.ndarray) -> dict:
     """How far ONNX Runtime's probabilities are from PyTorch's on `faces`."""
     with torch.inference_mode():
         expected = classifier(torch.from_numpy(faces)).numpy()
-    got = session(path).run(None, {"faces": faces})[0]
+    got = onnx_session(path).run(None, {"faces": faces})[0]
     return {"faces": len(faces), "max_abs_diff": float(np.abs(got - expected).max()),
             "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean())}
 
@@ -103,6 +109,13 @@ def real_faces(root: str, cache_dir: str, split: str, n: int, preprocessing: dic
     return chosen.numpy()
 
 
+def graph_metadata(classifier: FaceClassifier, checkpoint_path: Path) -> dict[str, str]:
+    """What a graph says about itself; `checkpoint_sha256` ties it to the file it was made from."""
+    return {"classes": json.dumps(list(EMOTIONS)), "input": "uint8 (N, 48, 48) aligned grayscale faces",
+            "temperature": str(float(classifier.temperature)), "class_bias": json.dumps(classifier.class_bias.tolist()),
+            "source": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path), "precision": "fp32"}
+
+
 def export(checkpoint: str | None, output: Path, int8: bool = False, data: str | None = None,
            cache_dir: str = "data/cache", calibration_size: int = 512) -> dict:
     """Export, check and describe; returns the parity report (also written beside the model)."""
@@ -114,9 +127,7 @@ def export(checkpoint: str | None, output: Path, int8: bool = False, data: str |
         raise FERError("--int8 needs --data (FER-2013 Training faces calibrate the int8 ranges)")
     classifier, ckpt = load_face_classifier(checkpoint)
     preprocessing = ckpt.get("datamodule_hyper_parameters", {})
-    metadata = {"classes": json.dumps(list(EMOTIONS)), "input": "uint8 (N, 48, 48) aligned grayscale faces",
-                "temperature": str(float(classifier.temperature)), "source": str(checkpoint or SHIPPED_MODEL)}
-    export_onnx(classifier, output, metadata)
+    export_onnx(classifier, output, graph_metadata(classifier, Path(checkpoint or SHIPPED_MODEL)))
     if data:
         check = real_faces(data, cache_dir, "val", 256, preprocessing)
     else:

@@ -1,27 +1,32 @@
 """The ship stage: turn a trained checkpoint into the package's default model and its model card.
 
 The route every shipped model takes: score the checkpoint on PublicTest through the same
-`FaceClassifier` that prediction uses, fit a temperature there (the PublicTest split is the
-selection split; PrivateTest stays untouched), and write a small weights-only checkpoint plus a
-JSON model card with the training command, config, commit, metrics and calibration error.
+`FaceClassifier` that prediction uses; fit there the per-class biases of post-hoc logit
+adjustment (the most macro-F1 for at most `max_accuracy_drop` of accuracy) and then a
+temperature (PublicTest is the selection split; PrivateTest stays untouched); write a small
+weights-only checkpoint that carries both, its ONNX graph (int8 where that keeps PublicTest
+accuracy), and a JSON model card with the training command, config, commit, metrics and
+calibration error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error, multiclass_f1_score
 
 from fer import EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
 from fer.data.fer2013 import save_atomic, write_text_atomic
-from fer.models.deploy import load_face_classifier
+from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session
 from fer.training.evaluate import score
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,76 @@ def calibrate(probs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
     }
 
 
+def fit_class_bias(probs: torch.Tensor, labels: torch.Tensor, max_accuracy_drop: float = 0.005,
+                   grid: torch.Tensor | None = None, rounds: int = 3) -> list[float]:
+    """Per-class biases b for argmax(log p + b) that maximise macro-F1 while accuracy stays within
+    `max_accuracy_drop` of the unadjusted one: coordinate ascent, one class at a time over `grid`."""
+    grid = torch.arange(-3, 3.001, 0.05) if grid is None else grid
+    log_probs, k = probs.clamp_min(1e-12).log(), probs.shape[1]
+
+    def measure(bias: torch.Tensor) -> tuple[float, float]:
+        predicted = (log_probs + bias).argmax(1)
+        return (float(multiclass_f1_score(predicted, labels, k, average="macro")),
+                float(multiclass_accuracy(predicted, labels, k, average="micro")))
+
+    bias = torch.zeros(k)
+    best_f1, accuracy = measure(bias)
+    floor = accuracy - max_accuracy_drop
+    for _ in range(rounds):
+        improved = False
+        for c in range(k):
+            for value in grid:
+                candidate = bias.clone()
+                candidate[c] = value
+                f1, acc = measure(candidate)
+                if acc >= floor and f1 > best_f1 + 1e-6:
+                    bias, best_f1, improved = candidate, f1, True
+        if not improved:
+            break
+    return [round(float(b), 4) for b in bias - bias.mean()]
+
+
+def summary(metrics: dict) -> dict:
+    return {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4),
+            "recall": {name: round(m["recall"], 4) for name, m in metrics["per_class"].items()}}
+
+
+def held_out_bias_gain(probs: torch.Tensor, labels: torch.Tensor, max_accuracy_drop: float, seed: int = 0) -> dict:
+    """Two-fold estimate of what the biases do to faces they were not fitted on: fit on one half of
+    PublicTest, measure on the other, both ways; mean accuracy and macro-F1 before and after."""
+    halves = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).chunk(2)
+    before, after = [], []
+    for fit_on, measure_on in (halves, halves[::-1]):
+        bias = fit_class_bias(probs[fit_on], labels[fit_on], max_accuracy_drop)
+        before.append(score(probs[measure_on], labels[measure_on]))
+        after.append(score(adjust_probabilities(probs[measure_on], bias), labels[measure_on]))
+    mean = lambda runs, key: round(sum(r[key] for r in runs) / 2, 4)  # noqa: E731
+    return {f"{key}_{when}": mean(runs, key) for when, runs in (("before", before), ("after", after))
+            for key in ("accuracy", "macro_f1")}
+
+
+def write_onnx(classifier: FaceClassifier, model_path: Path, cfg: DictConfig, preprocessing: dict,
+               public_test_faces: torch.Tensor, labels: torch.Tensor) -> dict:
+    """`model_path` with suffix .onnx: the int8 graph where its PublicTest accuracy is within
+    `cfg.onnx.max_int8_accuracy_drop` of PyTorch's, else fp32; returns what was measured."""
+    from fer.training.export import export_onnx, graph_metadata, quantize_int8, real_faces
+
+    faces = public_test_faces.numpy()
+    reference = score(classifier(public_test_faces), labels)["accuracy"]
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        fp32 = export_onnx(classifier, Path(tmp) / "fp32.onnx", graph_metadata(classifier, model_path))
+        calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
+        int8 = quantize_int8(fp32, Path(tmp) / "int8.onnx", calibration)
+        accuracy = {name: score(torch.from_numpy(onnx_session(path).run(None, {"faces": faces})[0]), labels)["accuracy"]
+                    for name, path in (("fp32", fp32), ("int8", int8))}
+        precision = "int8" if accuracy["int8"] >= reference - cfg.onnx.max_int8_accuracy_drop else "fp32"
+        chosen = {"fp32": fp32, "int8": int8}[precision]
+        os.replace(chosen, model_path.with_suffix(".onnx"))
+    return {"file": model_path.with_suffix(".onnx").name, "precision": precision,
+            "size_bytes": model_path.with_suffix(".onnx").stat().st_size,
+            "public_test_accuracy": {"pytorch": round(reference, 4), **{k: round(v, 4) for k, v in accuracy.items()}}}
+
+
 def training_record(ckpt_path: Path, training: dict) -> dict:
     """How the checkpoint was made: the run's Hydra overrides and config (saved by Hydra in the
     run folder) plus what the run folder cannot know (`training.*`: commit, machine, wall time)."""
@@ -86,52 +161,77 @@ def training_record(ckpt_path: Path, training: dict) -> dict:
 
 
 def ship_model(cfg: DictConfig) -> dict:
-    """Write `cfg.out_dir`/emotion_classifier.ckpt and model_card.json from `cfg.ckpt_path`."""
+    """Write `cfg.out_dir`/emotion_classifier.ckpt (+ .onnx) and model_card.json from `cfg.ckpt_path`."""
     ckpt_path = Path(cfg.ckpt_path)
-    face_classifier, checkpoint = load_face_classifier(ckpt_path)
+    trained, checkpoint = load_face_classifier(ckpt_path)
     training = training_record(ckpt_path, OmegaConf.to_container(cfg.training, resolve=True))
     preprocessing = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k in PREPROCESSING_KEYS}
 
-    datamodule = FERDataModule(**preprocessing, **OmegaConf.to_container(cfg.data, resolve=True), eval_split="val")
+    data_options = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()}
+    datamodule = FERDataModule(**preprocessing, **data_options, eval_split="val")
     datamodule.setup("validate")
     public_test = datamodule.splits["val"]
-    with torch.inference_mode():
-        probs = torch.cat([face_classifier(batch) for batch in public_test.images.split(cfg.data.eval_batch_size)])
-    metrics = score(probs, public_test.labels)
-    calibration = calibrate(probs, public_test.labels)
+    labels = public_test.labels
+
+    def raw_probs(tta: str) -> torch.Tensor:
+        """PublicTest probabilities of the bare network (no biases, temperature 1)."""
+        classifier = FaceClassifier(trained.model, trained.image_size, tta=tta)
+        with torch.inference_mode():
+            return torch.cat([classifier(batch) for batch in public_test.images.split(cfg.data.eval_batch_size)])
+
+    probs = {tta: raw_probs(tta) for tta in ("none", "flip")}
+    class_bias = fit_class_bias(probs["none"], labels, cfg.max_accuracy_drop) if cfg.logit_adjustment else None
+    calibration = calibrate(adjust_probabilities(probs["none"], class_bias), labels)
+    shipped_classifier = FaceClassifier(trained.model, trained.image_size, calibration["temperature"], class_bias)
+    variants = {
+        f"{'adjusted' if bias else 'plain'}{'_flip' if tta == 'flip' else ''}":
+            summary(score(adjust_probabilities(probs[tta], bias), labels))
+        for bias in (None, class_bias) for tta in ("none", "flip")
+    }
+    default = score(shipped_classifier(public_test.images), labels)
 
     out_dir = Path(cfg.out_dir)
     model_path = out_dir / "emotion_classifier.ckpt"
     shipped = {
-        "state_dict": face_classifier.model.state_dict(),
+        "state_dict": trained.model.state_dict(),
         "hyper_parameters": checkpoint["hyper_parameters"],
         "datamodule_hyper_parameters": preprocessing,
         "temperature": calibration["temperature"],
+        "class_bias": class_bias,
         "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),
     }
     save_atomic(shipped, model_path)
+    onnx = (write_onnx(shipped_classifier, model_path, cfg, preprocessing, public_test.images, labels)
+            if cfg.onnx.enabled else None)
     card = {
         "model": model_path.name,
         "sha256": file_sha256(model_path),
         "size_bytes": model_path.stat().st_size,
-        "parameters": sum(p.numel() for p in face_classifier.parameters()),
+        "parameters": sum(p.numel() for p in trained.model.parameters()),
         "classes": list(EMOTIONS),
         "input": f"aligned 48x48 grayscale face (fer.data.align), centre crop {preprocessing.get('image_size', 48)}",
         "source_checkpoint": str(ckpt_path),
         "training": training,
         "preprocessing": preprocessing,
         "public_test": {
-            "note": "PublicTest selected the checkpoint and fitted the temperature: a validation figure",
-            "n": metrics["n"],
-            "accuracy": round(metrics["accuracy"], 4),
-            "macro_f1": round(metrics["macro_f1"], 4),
-            "recall": {name: round(m["recall"], 4) for name, m in metrics["per_class"].items()},
+            "note": "PublicTest selected the checkpoint and fitted the class biases and temperature: validation figures. "
+                    "accuracy/macro_f1/recall are the default path (adjusted, no test-time augmentation).",
+            "n": default["n"],
+            **summary(default),
+            "variants": variants,
+            "class_bias_two_fold": held_out_bias_gain(probs["none"], labels, cfg.max_accuracy_drop) if class_bias else None,
         },
+        "logit_adjustment": {"class_bias": dict(zip(EMOTIONS, class_bias)) if class_bias else None,
+                             "max_accuracy_drop": cfg.max_accuracy_drop},
         "calibration": calibration,
+        "onnx": onnx,
     }
     card_path = out_dir / "model_card.json"
     write_text_atomic(json.dumps(card, indent=2) + "\n", card_path)
     log.info("wrote %s (%.1f MiB) and %s", model_path, card["size_bytes"] / 2**20, card_path)
-    print(f"accuracy={card['public_test']['accuracy']:.4f} macro_f1={card['public_test']['macro_f1']:.4f} "
-          f"temperature={calibration['temperature']:.3f} ece {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    for name, v in variants.items():
+        print(f"{name:14s} accuracy={v['accuracy']:.4f} macro_f1={v['macro_f1']:.4f} "
+              + " ".join(f"{c}={r:.3f}" for c, r in v["recall"].items()))
+    print(f"temperature={calibration['temperature']:.3f} ece {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
+          + (f"; onnx {onnx['precision']} {onnx['public_test_accuracy']}" if onnx else ""))
     return card

@@ -1,0 +1,154 @@
+"""The classifier as shipped: logit adjustment, flip test-time augmentation, the ONNX graph beside
+the checkpoint and the runtime that picks it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from fer import EMOTIONS
+from fer.models.classifier import EmotionClassifier
+from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, load_runtime
+from fer.training.ship import fit_class_bias
+
+from conftest import run_script, tiny_train_overrides, write_folders
+
+HAPPY = EMOTIONS.index("happy")
+
+
+def tiny_classifier(seed: int = 0) -> EmotionClassifier:
+    torch.manual_seed(seed)
+    return EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[8], [16]], "dense": 16},
+                             optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+
+
+def random_faces(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_raising_a_class_bias_makes_that_class_win_more_often():
+    faces, model = random_faces(200), tiny_classifier()
+    wins = []
+    for bias in (0.0, 0.08, 0.09, 1.0):  # an untrained net's margins to "happy" lie in 0.07-0.11 here
+        classifier = FaceClassifier(model, 40, class_bias=[bias if i == HAPPY else 0.0 for i in range(7)])
+        with torch.inference_mode():
+            wins.append(int((classifier(faces).argmax(1) == HAPPY).sum()))
+    assert wins[0] < wins[1] < wins[2] < wins[3] == 200, wins
+
+
+def test_fitted_biases_trade_little_accuracy_for_the_rare_class():
+    # a model that under-predicts class 1 (a "disgust"): its logit is 1.5 too low
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.multinomial(torch.tensor([10, 1, 5, 20, 10, 10, 8.0]), 4000, replacement=True, generator=generator)
+    logits = torch.randn(4000, 7, generator=generator) + 2.5 * torch.nn.functional.one_hot(labels, 7)
+    logits[:, 1] -= 1.5
+    probs = logits.softmax(1)
+    bias = fit_class_bias(probs, labels, max_accuracy_drop=0.005)
+    before, after = probs.argmax(1), adjust_probabilities(probs, bias).argmax(1)
+    recall = lambda predicted: float((predicted[labels == 1] == 1).float().mean())  # noqa: E731
+    assert recall(after) > recall(before) + 0.2
+    assert (after == labels).float().mean() >= (before == labels).float().mean() - 0.005
+    assert abs(sum(bias)) < 1e-3  # centred: only differences between classes matter
+
+
+def test_flip_tta_averages_the_mirrored_outputs():
+    faces, model = random_faces(6), tiny_classifier()
+    with torch.inference_mode():
+        flipped = FaceClassifier(model, 40, tta="flip")(faces)
+        plain = FaceClassifier(model, 40)(faces)
+        mirrored = FaceClassifier(model, 40)(faces.flip(-1))
+    # a 40 px centre crop of a 48 px face mirrors onto the centre crop of the mirrored face
+    assert torch.allclose(flipped, (plain + mirrored) / 2, atol=1e-5)
+    assert (flipped - plain).abs().max() > 1e-4  # the mirror image did change the output
+    with pytest.raises(ValueError, match="tta must be one of"):
+        FaceClassifier(model, 40, tta="sideways")
+
+
+def test_temperature_keeps_the_decision_and_biases_apply_after_averaging():
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0, 0, 0, 0]]).clamp_min(1e-6)
+    assert adjust_probabilities(probs, None, 3.0).argmax() == 0
+    assert adjust_probabilities(probs, [0, 1.0, 0, 0, 0, 0, 0]).argmax() == 1  # log .3 + 1 > log .5
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A tiny model trained, then shipped with its class biases and ONNX graph."""
+    pytest.importorskip("onnxruntime")
+    tmp_path = tmp_path_factory.mktemp("ship")
+    root = write_folders(tmp_path / "fer2013", {"Training": 12, "PublicTest": 4})
+    run_script("train.py", [*tiny_train_overrides(root), "trainer.max_epochs=2", "data.image_size=40",
+                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    best = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    result = run_script("ship_model.py", [f"ckpt_path={best}", f"out_dir={tmp_path / 'assets'}", f"data.root={root}",
+                                          "training.commit=abc1234", "training.machine=test", "onnx.calibration_size=32",
+                                          f"hydra.run.dir={tmp_path / 'ship'}"], cwd=tmp_path)
+    return tmp_path / "assets", root, result
+
+
+def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
+    assets, _, result = shipped
+    card = json.loads((assets / "model_card.json").read_text())
+    classifier, checkpoint = load_face_classifier(assets / "emotion_classifier.ckpt")
+    assert checkpoint["class_bias"] == list(card["logit_adjustment"]["class_bias"].values())
+    assert classifier.class_bias.tolist() == pytest.approx(checkpoint["class_bias"])
+    assert set(card["public_test"]["variants"]) == {"plain", "plain_flip", "adjusted", "adjusted_flip"}
+    assert card["onnx"]["precision"] in ("fp32", "int8") and (assets / "emotion_classifier.onnx").is_file()
+    assert "adjusted_flip" in result.stdout
+    assert "model.net.stages=[[8],[16]]" in card["training"]["command"]
+    assert card["training"]["commit"] == "abc1234" and card["public_test"]["n"] == 28
+    assert "optimizer_states" not in checkpoint
+    assert float(classifier.temperature) == pytest.approx(card["calibration"]["temperature"])
+
+
+def test_runtime_runs_the_shipped_graph_with_the_biases(shipped, caplog):
+    assets, _, _ = shipped
+    ckpt = assets / "emotion_classifier.ckpt"
+    faces = random_faces(64, seed=1)
+    biased = torch.tensor(torch.load(ckpt, weights_only=True)["class_bias"])
+
+    runtime = load_runtime(ckpt)
+    assert runtime.description == "onnxruntime emotion_classifier.onnx"
+    with torch.inference_mode():
+        expected = runtime.classifier(faces)
+    got = torch.from_numpy(runtime(faces.numpy()))
+    assert got.shape == (64, 7) and torch.allclose(got.sum(1), torch.ones(64), atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.95  # the graph may be int8
+
+    # a checkpoint whose biases force one class: the graph must carry them
+    forced = torch.load(ckpt, weights_only=True)
+    forced["class_bias"] = (biased + 20 * torch.nn.functional.one_hot(torch.tensor(HAPPY), 7)).tolist()
+    torch.save(forced, assets / "forced.ckpt")
+    from fer.training.export import main as fer_export
+
+    assert fer_export(["--checkpoint", str(assets / "forced.ckpt"), "-o", str(assets / "forced.onnx")]) == 0
+    forced_runtime = load_runtime(assets / "forced.ckpt")
+    assert forced_runtime.session is not None
+    assert (forced_runtime(faces.numpy()).argmax(1) == HAPPY).all()
+
+    # the graph of another file is not used; neither is any with flip TTA: one info line says why
+    shutil.copy(assets / "emotion_classifier.onnx", assets / "forced.onnx")
+    with caplog.at_level(logging.INFO, logger="fer.models.deploy"):
+        assert load_runtime(assets / "forced.ckpt").session is None
+        assert load_runtime(ckpt, tta="flip").session is None
+    assert [r.getMessage() for r in caplog.records if r.name == "fer.models.deploy"] == [
+        "classifier runs on PyTorch: forced.onnx was not made from this checkpoint",
+        "classifier runs on PyTorch: tta=flip runs on PyTorch (the ONNX graph has no test-time augmentation)"]
+
+
+def test_evaluate_applies_the_stored_biases_unless_told_not_to(shipped, tmp_path):
+    assets, root, _ = shipped
+    forced = torch.load(assets / "emotion_classifier.ckpt", weights_only=True)
+    forced["class_bias"] = [20.0 if i == HAPPY else 0.0 for i in range(7)]
+    torch.save(forced, tmp_path / "forced.ckpt")
+    for adjust in ("true", "false"):
+        run_script("evaluate.py", [f"ckpt_path={tmp_path / 'forced.ckpt'}", "split=val", f"data.root={root}", f"adjust={adjust}",
+                                   "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                                   f"hydra.run.dir={tmp_path / adjust}"], cwd=tmp_path)
+    adjusted = json.loads((tmp_path / "true" / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "false" / "metrics.json").read_text())
+    assert [row[HAPPY] for row in adjusted["confusion_matrix"]] == [4] * 7  # every face predicted happy
+    assert plain["confusion_matrix"] != adjusted["confusion_matrix"]
