@@ -3,6 +3,18 @@
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 """The 7 classes, in the order of the model's outputs (alphabetical, as the Kaggle folders)."""
 
+EMOTION_COLORS = {
+    "angry": "#dc2828", "disgust": "#3c8c28", "fear": "#a03ca0", "happy": "#ffc800",
+    "neutral": "#b4b4b4", "sad": "#2878c8", "surprise": "#00dcdc",
+}
+"""The palette: one colour per emotion (RGB hex) for every annotated frame, plot and page."""
+
+
+def emotion_bgr(name: str) -> tuple[int, int, int]:
+    """An emotion's palette colour as OpenCV's (blue, green, red)."""
+    rgb = EMOTION_COLORS[name]
+    return int(rgb[5:7], 16), int(rgb[3:5], 16), int(rgb[1:3], 16)
+
 
 class FERError(Exception):
     """Bad input from the user (file, CSV row, folder or config value); the message names it."""

@@ -7,13 +7,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from fer import EMOTIONS
+from fer import EMOTIONS, emotion_bgr
 from fer.app.recognizer import FaceRecord
 
-COLORS = {  # BGR
-    "angry": (40, 40, 220), "disgust": (40, 140, 60), "fear": (160, 60, 160), "happy": (0, 200, 255),
-    "neutral": (180, 180, 180), "sad": (200, 120, 40), "surprise": (220, 220, 0),
-}
 
 
 def annotate(frame: np.ndarray, records: Sequence[FaceRecord]) -> np.ndarray:
@@ -24,7 +20,7 @@ def annotate(frame: np.ndarray, records: Sequence[FaceRecord]) -> np.ndarray:
     for record in records:
         x1, y1, x2, y2 = (int(round(v)) for v in record.box)
         side = max(x2 - x1, 1)
-        color = COLORS[record.label]
+        color = emotion_bgr(record.label)
         thick = max(1, side // 80)
         scale = float(np.clip(side / 250, 0.35, 1.2))
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
@@ -46,7 +42,7 @@ def annotate(frame: np.ndarray, records: Sequence[FaceRecord]) -> np.ndarray:
             top = y1 + i * row
             length = int(round(record.probabilities[name] * bar_width))
             cv2.rectangle(out, (left, top + 1), (left + bar_width, top + row - 1), (40, 40, 40), cv2.FILLED)
-            cv2.rectangle(out, (left, top + 1), (left + length, top + row - 1), COLORS[name], cv2.FILLED)
+            cv2.rectangle(out, (left, top + 1), (left + length, top + row - 1), emotion_bgr(name), cv2.FILLED)
             cv2.putText(out, name[:3], (left + 2, top + row - 2), cv2.FONT_HERSHEY_SIMPLEX, small,
                         (0, 0, 0), 2, cv2.LINE_AA)
             cv2.putText(out, name[:3], (left + 2, top + row - 2), cv2.FONT_HERSHEY_SIMPLEX, small,

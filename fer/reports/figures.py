@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fer import EMOTIONS  # noqa: E402
+from fer import EMOTION_COLORS, EMOTIONS  # noqa: E402
 from fer.data.augment import to_float  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str = "") -> plt.Figure
     ax.set(xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), xticklabels=EMOTIONS,
            yticklabels=EMOTIONS, xlabel="predicted", ylabel="true", title=title)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for label in (*ax.get_xticklabels(), *ax.get_yticklabels()):  # each emotion on its palette colour
+        label.set_bbox({"facecolor": EMOTION_COLORS[label.get_text()], "alpha": 0.4, "edgecolor": "none", "pad": 1.5})
     for (i, j), rate in np.ndenumerate(rates):
         ax.text(j, i, f"{rate:.2f}\n{counts[i, j]}", ha="center", va="center", fontsize=7,
                 color="white" if rate > 0.5 else "black")
@@ -98,7 +100,7 @@ def emotion_timeline_figure(tracks: Mapping[int, tuple[Sequence[float], np.ndarr
     fig, axes = plt.subplots(len(tracks), 1, figsize=(11, 2.4 * len(tracks) + 0.8), squeeze=False, sharex=True)
     for ax, (track_id, (times, probs)) in zip(axes[:, 0], tracks.items()):
         for k, name in enumerate(EMOTIONS):
-            ax.plot(times, probs[:, k], label=name, linewidth=1.2)
+            ax.plot(times, probs[:, k], label=name, linewidth=1.2, color=EMOTION_COLORS[name])
         ax.set(ylim=(0, 1), ylabel="probability", title=f"face #{track_id}")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
