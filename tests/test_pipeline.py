@@ -20,8 +20,9 @@ from conftest import REPO, compose_config, run_script, tiny_train_overrides
 
 def tiny_pipeline_overrides(root) -> list[str]:
     return [
-        *(f"classifier.{o}" for o in tiny_train_overrides(root)),
-        f"gan.data.root={root}", "gan.data.batch_size=16", "gan.trainer.max_epochs=1", "gan.trainer.accelerator=cpu",
+        f"data.root={root}",  # where the data is: one override for every stage, as on the other entries
+        *(f"classifier.{o}" for o in tiny_train_overrides(root) if not o.startswith("data.root=")),
+        "gan.data.batch_size=16", "gan.trainer.max_epochs=1", "gan.trainer.accelerator=cpu",
         "gan.trainer.enable_progress_bar=false", "gan.trainer.log_every_n_steps=1",
         "gan.model.generator.channels=[16,8,8]", "gan.model.discriminator.channels=[8,8,16]", "gan.model.generator.latent_dim=8",
         "generate.target_share=null", "generate.n_per_class={disgust:5,fear:3}", "generate.batch_size=4",
