@@ -20,6 +20,10 @@ class FERError(Exception):
     """Bad input from the user (file, CSV row, folder or config value); the message names it."""
 
 
+class ConfigError(FERError):
+    """A bad config value or argument (a usage error: the entry scripts exit with code 2)."""
+
+
 def __getattr__(name: str):
     """`from fer import Recognizer` without importing torch and MTCNN for `from fer import EMOTIONS`."""
     if name == "Recognizer":

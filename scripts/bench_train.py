@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from fer.bench.train import bench_train
+from fer import schema
 from fer.cli import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench_train")
-@exit_on_user_error
+@exit_on_user_error(schema.BenchTrain)
 def main(cfg: DictConfig) -> None:
     bench_train(cfg)
 

@@ -3,12 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from fer import schema
 from fer.cli import exit_on_user_error
 from fer.training.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-@exit_on_user_error
+@exit_on_user_error(schema.Evaluate)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

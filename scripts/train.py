@@ -3,12 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from fer import schema
 from fer.cli import exit_on_user_error
 from fer.training.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@exit_on_user_error
+@exit_on_user_error(schema.Train)
 def main(cfg: DictConfig) -> float:
     return train(cfg)[cfg.optimized_metric]  # the value a Hydra sweeper optimises
 

@@ -3,12 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from fer import schema
 from fer.cli import exit_on_user_error
 from fer.training.train_gan import train_gan
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_gan")
-@exit_on_user_error
+@exit_on_user_error(schema.TrainGan)
 def main(cfg: DictConfig) -> None:
     train_gan(cfg)
 

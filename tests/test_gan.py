@@ -201,7 +201,7 @@ def test_bad_generate_input_names_the_key_or_file(fer_folders, tmp_path, gan_ckp
     torch.save({"state_dict": {}, "hyper_parameters": {"net": {}}}, classifier_ckpt)
     cases = [
         (generate_config(fer_folders, tmp_path / "o1", tmp_path / "missing.ckpt"), "gan_ckpt: no checkpoint at"),
-        (generate_config(fer_folders, tmp_path / "o2", garbage), "gan_ckpt: .* is not a loadable checkpoint"),
+        (generate_config(fer_folders, tmp_path / "o2", garbage), r"gan_ckpt: .* is not a checkpoint of this project \(not a file written by torch.save\)"),
         (generate_config(fer_folders, tmp_path / "o3", classifier_ckpt), "is not a checkpoint of this project's GAN"),
         (generate_config(fer_folders, fer_folders / "inside", gan_ckpt), "is inside the dataset folder"),
         (generate_config(fer_folders, tmp_path / "o4", gan_ckpt, n_per_class=None), "exactly one of"),

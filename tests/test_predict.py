@@ -240,7 +240,7 @@ def test_fer_predict_refuses_used_or_nested_output_and_bad_checkpoint(tmp_path):
     assert result.returncode == 1 and "inside the input folder" in result.stderr
     (tmp_path / "fake.ckpt").write_text("not a checkpoint")
     result = fer_predict_cli([str(image), "--checkpoint", str(tmp_path / "fake.ckpt"), "-o", str(tmp_path / "o")], tmp_path)
-    assert result.returncode == 1 and "fake.ckpt is not a loadable checkpoint" in result.stderr
+    assert result.returncode == 2 and "fake.ckpt is not a checkpoint of this project (not a file written by torch.save)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

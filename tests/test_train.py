@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fer import FERError
 from fer.training.train import train
 
-from conftest import compose_config, run_script, tiny_train_overrides, write_folders
+from conftest import REPO, compose_config, run_script, tiny_train_overrides, write_folders
 
 
 def test_fast_dev_run(fer_folders, tmp_path):
@@ -63,6 +67,35 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
 
 
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_with_ckpt_path_last(fer_folders, tmp_path):
+    epochs, steps_per_epoch = 12, 7 * 12 // 8
+    args = [*tiny_train_overrides(fer_folders), f"trainer.max_epochs={epochs}"]
+    runs = tmp_path / "logs" / "train" / "runs"
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoints/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into a later epoch
+    process.kill()  # SIGKILL: no chance to clean up
+    process.wait()
+    (killed,) = runs.iterdir()
+    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert killed_at < epochs - 1, "the run finished before it was killed"
+    written = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()}
+
+    run_script("train.py", [*args, "ckpt_path=last"], cwd=tmp_path)
+    (resumed,) = set(runs.iterdir()) - {killed}
+    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()} == written  # the killed run is untouched
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    schedule = last["lr_schedulers"][0]
+    assert last["epoch"] == epochs - 1 and last["global_step"] == epochs * steps_per_epoch
+    assert schedule["total_steps"] == schedule["last_epoch"] == epochs * steps_per_epoch  # one-cycle ran to its end
+    assert f"resuming {killed / 'checkpoints' / 'last.ckpt'}" in (resumed / "train.log").read_text()
+
+
 def test_last_checkpoint_is_written_every_epoch(fer_folders, tmp_path):
     # the best checkpoint is only considered every 2nd epoch here, yet last.ckpt follows every epoch
     run = tmp_path / "run"
@@ -84,7 +117,7 @@ def test_a_sweep_gets_one_folder_per_job(fer_folders, tmp_path):
 def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     cases = [
         (["data.bogus=1"], "Key 'bogus' is not in struct"),
-        (["data.balance=smote"], "error: data.balance must be one of"),
+        (["data.balance=smote"], "error: data.balance='smote': expected one of [none, class_weights, oversample, gan]"),
         ([f"data.root={tmp_path / 'nowhere'}"], "error: no FER-2013 found at"),
     ]
     for args, message in cases:
@@ -94,7 +127,59 @@ def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     not_a_model = tmp_path / "model.ckpt"
     not_a_model.write_bytes(b"garbage")
     result = run_script("evaluate.py", [f"ckpt_path={not_a_model}", f"data.root={fer_folders}"], cwd=tmp_path, check=False)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"error: {not_a_model} is not a loadable checkpoint")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == \
+        f"error: {not_a_model} is not a checkpoint of this project (not a file written by torch.save)"
+
+
+@pytest.mark.parametrize(("script", "override", "line"), [
+    ("train.py", "model.optimizer.lr=abc", "error: model.optimizer.lr='abc': expected a number"),
+    ("train.py", "data.batch_size=-5", "error: data.batch_size=-5: expected a positive number"),
+    ("pipeline.py", "classifier.trainer.max_epochs=0", "error: classifier.trainer.max_epochs=0: expected a number of epochs"),
+    ("evaluate.py", "tta=sideways", "error: tta='sideways': expected one of [none, flip, tencrop]"),
+])
+def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, script, override, line):
+    args = [f"data.root={fer_folders}", override] + (["ckpt_path=any.ckpt"] if script == "evaluate.py" else [])
+    result = run_script(script, args, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().startswith(line) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "data" / "cache").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(("name", "override", "message"), [
+    ("train", "data.augment.flip=2", "data.augment.flip=2: expected a number in [0, 1]"),
+    ("train", "data.image_size=64", "data.image_size=64: expected a crop size in pixels, 8 to 48"),
+    ("train", "model.net.dropout=1.0", "model.net.dropout=1.0: expected a probability in [0, 1)"),
+    ("train", "data.align=maybe", "data.align='maybe': expected true or false"),
+    ("train_gan", "model.lr=-1", "model.lr=-1: expected a positive number"),
+    ("ship_model", "max_accuracy_drop=2", "max_accuracy_drop=2: expected a number in [0, 1]"),
+    ("bench_predict", "batch_size=0", "batch_size=0: expected a positive number"),
+    ("generate", "generate.batch_size=x", "generate.batch_size='x': expected an integer"),
+])
+def test_schemas_name_the_key_the_value_and_what_is_expected(tmp_path, name, override, message):
+    from fer import schema
+
+    schemas = {"train": schema.Train, "train_gan": schema.TrainGan, "ship_model": schema.Ship,
+               "bench_predict": schema.BenchPredict, "generate": schema.Generate}
+    cfg = compose_config(name, tmp_path, [override] + (["gan_ckpt=g.ckpt"] if name == "generate" else []))
+    with pytest.raises(FERError, match=re.escape(message)):
+        schema.validate(cfg, schemas[name])
+
+
+@pytest.mark.parametrize("name", ["train", "train_gan", "pipeline", "evaluate", "visualize", "ship_model", "generate",
+                                  "bench_train", "bench_predict"])
+def test_every_entry_takes_the_same_data_overrides_and_its_defaults_pass_its_schema(tmp_path, name):
+    from fer import schema
+
+    schemas = {"train": schema.Train, "train_gan": schema.TrainGan, "pipeline": schema.Pipeline, "evaluate": schema.Evaluate,
+               "visualize": schema.Visualize, "ship_model": schema.Ship, "generate": schema.Generate,
+               "bench_train": schema.BenchTrain, "bench_predict": schema.BenchPredict}
+    required = {"evaluate": ["ckpt_path=a.ckpt"], "ship_model": ["ckpt_path=a.ckpt"], "generate": ["gan_ckpt=g.ckpt"]}
+    cfg = compose_config(name, tmp_path, ["data.root=/somewhere/fer", "data.cache_dir=/somewhere/cache",
+                                          *required.get(name, [])])
+    schema.validate(cfg, schemas[name])
+    assert cfg.data.root == "/somewhere/fer" and cfg.data.cache_dir == "/somewhere/cache"
+    if name == "pipeline":
+        assert cfg.classifier.data.root == cfg.gan.data.root == "/somewhere/fer"
 
 
 def test_an_optuna_search_runs_its_trials(fer_folders, tmp_path):

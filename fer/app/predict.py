@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fer import FERError
+from fer import ConfigError, FERError
 from fer.app.annotate import annotate
 from fer.app.media import capture_fps, expand_inputs, frames, is_video, open_capture, read_image
 from fer.app.recognizer import CSV_COLUMNS, FaceRecord, Recognizer
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           args.smoothing, args.max_frames, not args.no_annotate, not args.no_progress)
     except (FERError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, ConfigError) else 1
     processed = sum("error" not in s for s in summary["sources"])
     print(f"faces={summary['faces']} sources={processed} errors={len(summary['errors'])} output={summary['output']}")
     return 0 if processed else 1

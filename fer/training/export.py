@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer import EMOTIONS, FERError
+from fer import EMOTIONS, ConfigError, FERError
 from fer.checkpoints import file_sha256
 from fer.data.align import FaceAligner
 from fer.data.fer2013 import load_split
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = export(args.checkpoint, args.output, args.int8, args.data, args.cache_dir)
     except FERError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, ConfigError) else 1
     for name in ("fp32", "int8"):
         if name in report:
             r = report[name]

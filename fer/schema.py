@@ -1,0 +1,300 @@
+"""Typed schemas of the entry configs: every value a user is likely to override, with its type and
+range, checked before a stage starts, so a bad one ends the run with one line naming it.
+
+The schemas are dataclasses (OmegaConf structured configs). The YAML files under `conf/` stay the
+one source of defaults: a schema field only says what a value must be (`MISSING` default), and
+keys a schema does not list (targets, schedules, Hydra's own) pass through unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fer import ConfigError
+
+
+def expect(description: str, ok: Callable[[Any], bool]) -> Any:
+    """A required field whose value must also satisfy `ok` (`description` says what it must be)."""
+    return field(default=MISSING, metadata={"expect": (description, ok)})
+
+
+def positive() -> Any:
+    return expect("a positive number", lambda v: v > 0)
+
+
+def non_negative() -> Any:
+    return expect("a number >= 0", lambda v: v >= 0)
+
+
+def fraction() -> Any:
+    return expect("a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def nested(schema: type) -> Any:
+    return field(default_factory=schema)
+
+
+class Balance(str, Enum):
+    none = "none"
+    class_weights = "class_weights"
+    oversample = "oversample"
+    gan = "gan"
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+class TTA(str, Enum):
+    none = "none"
+    flip = "flip"
+    tencrop = "tencrop"
+
+
+@dataclass
+class DataLocation:
+    root: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class Augment:
+    crop_scale: list[float] = MISSING
+    flip: float = fraction()
+    degrees: float = non_negative()
+    translate: float = fraction()
+    erase: float = fraction()
+
+
+@dataclass
+class AlignOptions:
+    min_face_size: int = positive()
+    crop_upscale: int = positive()
+
+
+@dataclass
+class Data(DataLocation):
+    batch_size: int = positive()
+    eval_batch_size: int = positive()
+    balance: Balance = MISSING
+    align: bool = MISSING
+    align_options: AlignOptions = nested(AlignOptions)
+    image_size: int = expect("a crop size in pixels, 8 to 48", lambda v: 8 <= v <= 48)
+    augment: Augment = nested(Augment)
+    extra_train_dirs: list[str] = MISSING
+    test_dir: Optional[str] = MISSING
+    num_workers: int = non_negative()
+    on_device: bool = MISSING
+
+
+@dataclass
+class Optimizer:
+    lr: float = positive()
+    weight_decay: float = non_negative()
+
+
+@dataclass
+class Net:
+    dropout: float = expect("a probability in [0, 1)", lambda v: 0 <= v < 1)
+    dense: int = positive()
+
+
+@dataclass
+class Classifier:
+    net: Net = nested(Net)
+    optimizer: Optimizer = nested(Optimizer)
+    label_smoothing: float = expect("a number in [0, 1)", lambda v: 0 <= v < 1)
+    mixup_alpha: float = non_negative()
+    cutmix_alpha: float = non_negative()
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+
+
+@dataclass
+class Trainer:
+    max_epochs: int = expect("a number of epochs >= 1 (or -1: no limit)", lambda v: v >= 1 or v == -1)
+    log_every_n_steps: int = positive()
+    deterministic: bool = MISSING
+    enable_progress_bar: bool = MISSING
+
+
+@dataclass
+class Train:
+    seed: int = MISSING
+    data: Data = nested(Data)
+    model: Classifier = nested(Classifier)
+    trainer: Trainer = nested(Trainer)
+    ckpt_path: Optional[str] = MISSING
+
+
+@dataclass
+class Gan:
+    lr: float = positive()
+    label_smoothing: float = expect("a number in [0, 1)", lambda v: 0 <= v < 1)
+    ema_decay: Optional[float] = expect("a decay in [0, 1) or null", lambda v: 0 <= v < 1)
+    aux_weight: float = non_negative()
+
+
+@dataclass
+class TrainGan:
+    seed: int = MISSING
+    data: Data = nested(Data)
+    model: Gan = nested(Gan)
+    trainer: Trainer = nested(Trainer)
+    ckpt_path: Optional[str] = MISSING
+
+
+@dataclass
+class GenerateOptions:
+    target_share: Optional[float] = expect("a share in (0, 1] or null", lambda v: 0 < v <= 1)
+    filter_min_conf: Optional[float] = expect("a confidence in [0, 1] or null", lambda v: 0 <= v <= 1)
+    max_attempts_factor: int = positive()
+    batch_size: int = positive()
+
+
+@dataclass
+class Generate:
+    gan_ckpt: str = MISSING
+    seed: int = MISSING
+    data: DataLocation = nested(DataLocation)
+    generate: GenerateOptions = nested(GenerateOptions)
+
+
+@dataclass
+class PipelineEvaluate:
+    splits: list[Split] = MISSING
+    grid_size: int = non_negative()
+
+
+@dataclass
+class Pipeline:
+    seed: int = MISSING
+    data: DataLocation = nested(DataLocation)
+    classifier: Train = nested(Train)
+    gan: TrainGan = nested(TrainGan)
+    generate: GenerateOptions = nested(GenerateOptions)
+    evaluate: PipelineEvaluate = nested(PipelineEvaluate)
+
+
+@dataclass
+class EvaluateData(DataLocation):
+    test_dir: Optional[str] = MISSING
+    eval_batch_size: int = positive()
+
+
+@dataclass
+class Evaluate:
+    ckpt_path: Any = MISSING  # a checkpoint or a list of them
+    split: Split = MISSING
+    tta: TTA = MISSING
+    adjust: bool = MISSING
+    grid_size: int = non_negative()
+    data: EvaluateData = nested(EvaluateData)
+
+
+@dataclass
+class Visualize:
+    split: str = expect("one of train, val, test", lambda v: v in ("train", "val", "test"))
+    per_row: int = positive()
+    augmented_rows: int = positive()
+    seed: int = MISSING
+    data: Data = nested(Data)
+
+
+@dataclass
+class ShipOnnx:
+    enabled: bool = MISSING
+    max_int8_accuracy_drop: float = fraction()
+    calibration_size: int = positive()
+
+
+@dataclass
+class Ship:
+    ckpt_path: str = MISSING
+    out_dir: str = MISSING
+    logit_adjustment: bool = MISSING
+    max_accuracy_drop: float = fraction()
+    onnx: ShipOnnx = nested(ShipOnnx)
+    data: EvaluateData = nested(EvaluateData)
+
+
+@dataclass
+class BenchSteps:
+    warmup: int = non_negative()
+    steps: int = positive()
+
+
+@dataclass
+class BenchTrain(Train):
+    bench: BenchSteps = nested(BenchSteps)
+
+
+@dataclass
+class BenchPredict:
+    checkpoint: Optional[str] = MISSING
+    batch_size: int = positive()
+    seconds: float = positive()
+    onnx: bool = MISSING
+    data: DataLocation = nested(DataLocation)
+
+
+def _type_error(error: OmegaConfBaseException) -> str:
+    """OmegaConf's multi-line message -> `key=value: expected ...`."""
+    first = str(error.msg).splitlines()[0]
+    if converted := re.search(r"could not be converted to (\w+)", first):
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(converted[1], converted[1])
+        first = f"expected {kind}"
+    elif "is not a valid bool" in first:
+        first = "expected true or false"
+    elif choices := re.search(r"expected one of (\[.*\])", first):
+        first = f"expected one of {choices[1]}"
+    return f"{error.full_key}={getattr(error, 'value', '?')!r}: {first}"
+
+
+def _nested_schema(f: dataclasses.Field) -> type | None:
+    return f.default_factory if f.default_factory is not dataclasses.MISSING and is_dataclass(f.default_factory) else None
+
+
+def _declared(schema: type, config: Any) -> Any:
+    """The part of `config` (plain containers) that `schema` declares."""
+    if not isinstance(config, dict):
+        return config
+    return {f.name: _declared(_nested_schema(f), config[f.name]) if _nested_schema(f) else config[f.name]
+            for f in fields(schema) if f.name in config}
+
+
+def _range_errors(schema: type, config: dict, prefix: str = "") -> list[str]:
+    errors = []
+    for f in fields(schema):
+        if f.name not in config:
+            continue
+        value, key = config[f.name], f"{prefix}{f.name}"
+        if "expect" in f.metadata and isinstance(value, (int, float)) and not isinstance(value, bool):
+            description, ok = f.metadata["expect"]
+            if not ok(value):
+                errors.append(f"{key}={value!r}: expected {description}")
+        elif _nested_schema(f) and isinstance(value, dict):
+            errors += _range_errors(_nested_schema(f), value, f"{key}.")
+    return errors
+
+
+def validate(cfg: DictConfig, schema: type) -> None:
+    """Raise a ConfigError naming the first value of `cfg` that `schema` refuses (its type or range)."""
+    try:
+        values = _declared(schema, {f.name: OmegaConf.to_container(cfg[f.name], resolve=True)
+                                    if isinstance(cfg[f.name], DictConfig) else cfg[f.name]
+                                    for f in fields(schema) if f.name in cfg})
+        OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_type_error(error)) from None
+    if errors := _range_errors(schema, values):
+        raise ConfigError(errors[0])
