@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer import FERError
+from fer.checkpoints import resume_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Trainer]:
     """`train`, also returning the datamodule (its loaded splits) and the trainer (its checkpoints)."""
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = best_checkpoint(trainer)
     log.info("best checkpoint: %s", best or "(none saved: the final weights are scored)")

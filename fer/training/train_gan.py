@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer import FERError
+from fer.checkpoints import resume_path
 from fer.data.augment import to_float
 from fer.models.classifier import load_classifier
 from fer.models.gan import ConditionalGAN
@@ -32,7 +33,8 @@ def train_gan(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _recursive_=False)
     trainer = build_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     out = Path(cfg.paths.output_dir)
     ckpt = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
     log.info("GAN checkpoint: %s", ckpt or "(none saved)")
