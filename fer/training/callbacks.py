@@ -1,9 +1,12 @@
-"""The Lightning callbacks of the training stages: curves and confusion matrices of a classifier
-run, sample grids of a GAN run."""
+"""The Lightning callbacks of the training stages: the run's ETA, curves and confusion matrices of
+a classifier run, sample grids of a GAN run."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +17,27 @@ from torchvision.utils import make_grid
 
 from fer import EMOTIONS
 from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
+
+
+log = logging.getLogger(__name__)
+
+
+class RunETA(L.Callback):
+    """One line per epoch with the whole run's elapsed time and ETA (the progress bar's own ETA
+    covers one epoch only), from the mean wall time of this session's epochs."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start, self.first_epoch = time.monotonic(), trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return
+        done = trainer.current_epoch + 1
+        elapsed = time.monotonic() - self.start
+        left = (trainer.max_epochs - done) * elapsed / (done - self.first_epoch)
+        clock = lambda seconds: str(timedelta(seconds=round(seconds)))  # noqa: E731
+        log.info("epoch %d/%d done: %s elapsed, about %s to go (ETA %s)", done, trainer.max_epochs, clock(elapsed),
+                 clock(left), time.strftime("%H:%M", time.localtime(time.time() + left)))
 
 
 class TrainingCurves(L.Callback):
