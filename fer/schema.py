@@ -128,12 +128,18 @@ class Trainer:
 
 
 @dataclass
-class Train:
+class Run:
+    """What every training entry has; each adds its `model`."""
+
     seed: int = MISSING
     data: Data = nested(Data)
-    model: Classifier = nested(Classifier)
     trainer: Trainer = nested(Trainer)
-    ckpt_path: Optional[str] = MISSING
+    ckpt_path: Optional[str] = MISSING  # a checkpoint, or "last"
+
+
+@dataclass
+class Train(Run):
+    model: Classifier = nested(Classifier)
 
 
 @dataclass
@@ -145,12 +151,8 @@ class Gan:
 
 
 @dataclass
-class TrainGan:
-    seed: int = MISSING
-    data: Data = nested(Data)
+class TrainGan(Run):
     model: Gan = nested(Gan)
-    trainer: Trainer = nested(Trainer)
-    ckpt_path: Optional[str] = MISSING
 
 
 @dataclass
