@@ -6,10 +6,11 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from fer import ConfigError
 
@@ -51,13 +52,27 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def resume_path(ckpt_path: str | None, runs_dir: str | Path) -> str | None:
+def resume_path(ckpt_path: str | None, runs_dir: str | Path, overrides: Sequence[str] = ()) -> str | None:
     """`ckpt_path` as given, or for `last` the newest `<run>/checkpoints/last.ckpt` under `runs_dir`
-    (a killed run of the same task): the resumed run then writes into its own new folder."""
+    of a run started with the same command-line `overrides` (`ckpt_path=...` aside): the killed run
+    of this very command. The resumed run then writes into its own new folder."""
     if ckpt_path != "last":
         return ckpt_path
-    candidates = sorted(Path(runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    wanted = same_run_overrides(overrides)
+    candidates = sorted((p for p in Path(runs_dir).glob("*/checkpoints/last.ckpt")
+                         if same_run_overrides(_saved_overrides(p.parent.parent)) == wanted),
+                        key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise ConfigError(f"ckpt_path=last: no run under {runs_dir} has a checkpoints/last.ckpt to resume")
+        raise ConfigError(f"ckpt_path=last: no run under {runs_dir} was started with the same overrides "
+                          f"({' '.join(sorted(wanted)) or 'none'}) and has a checkpoints/last.ckpt to resume")
     log.info("ckpt_path=last: resuming %s", candidates[-1])
     return str(candidates[-1])
+
+
+def same_run_overrides(overrides: Sequence[str]) -> set[str]:
+    return {o for o in overrides if not o.startswith(("ckpt_path=", "+ckpt_path=", "hydra."))}
+
+
+def _saved_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else ["<unknown>"]

@@ -8,9 +8,9 @@ keys a schema does not list (targets, schedules, Hydra's own) pass through unche
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Optional
@@ -50,6 +50,12 @@ class Balance(str, Enum):
 
 
 class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+class DataSplit(str, Enum):
+    train = "train"
     val = "val"
     test = "test"
 
@@ -205,7 +211,7 @@ class Evaluate:
 
 @dataclass
 class Visualize:
-    split: str = expect("one of train, val, test", lambda v: v in ("train", "val", "test"))
+    split: DataSplit = MISSING
     per_row: int = positive()
     augmented_rows: int = positive()
     seed: int = MISSING

@@ -9,13 +9,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_script, tiny_train_overrides, write_folders
 
 from fer import EMOTIONS
 from fer.models.classifier import EmotionClassifier
 from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, load_runtime
 from fer.training.ship import fit_class_bias
-
-from conftest import run_script, tiny_train_overrides, write_folders
 
 HAPPY = EMOTIONS.index("happy")
 

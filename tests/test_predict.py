@@ -13,15 +13,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_script, write_folders
 
 from fer import EMOTIONS, Recognizer
-from fer.models.deploy import SHIPPED_MODEL, load_face_classifier
 from fer.app.predict import main as fer_predict
 from fer.app.recognizer import CSV_COLUMNS
-from fer.training.ship import calibrate, fit_temperature
 from fer.app.tracking import IoUTracker, box_iou
-
-from conftest import REPO, run_script, tiny_train_overrides, write_folders
+from fer.models.deploy import SHIPPED_MODEL, load_face_classifier
+from fer.training.ship import calibrate, fit_temperature
 
 # PublicTest faces that MTCNN finds when pasted onto a canvas at 80-220 px
 REAL_FACES = ("angry/PublicTest_29284838.jpg", "happy/PublicTest_14330803.jpg", "neutral/PublicTest_28610462.jpg")

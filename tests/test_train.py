@@ -10,12 +10,11 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, compose_config, run_script, tiny_train_overrides, write_folders
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer import FERError
 from fer.training.train import train
-
-from conftest import REPO, compose_config, run_script, tiny_train_overrides, write_folders
 
 
 def test_fast_dev_run(fer_folders, tmp_path):

@@ -2,12 +2,11 @@
 
 import numpy as np
 import torch
+from conftest import compose_config
 from PIL import Image
 
 from fer import EMOTION_COLORS, EMOTIONS
 from fer.reports.figures import visualize
-
-from conftest import compose_config
 
 
 def test_writes_sample_and_augmentation_grids(fer_folders, tmp_path):

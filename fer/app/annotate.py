@@ -11,7 +11,6 @@ from fer import EMOTIONS, emotion_bgr
 from fer.app.recognizer import FaceRecord
 
 
-
 def annotate(frame: np.ndarray, records: Sequence[FaceRecord]) -> np.ndarray:
     """A copy of the BGR (or gray) frame with each face's box, label (and track id), and the
     probabilities as bars beside the box."""

@@ -1,9 +1,10 @@
 """The classifier as prediction uses it: aligned uint8 faces in, adjusted and calibrated probabilities out.
 
 One module holds everything between an aligned 48x48 face and its 7 probabilities (the
-checkpoint's evaluation crop, optional flip test-time augmentation, the network, the per-class
-biases of post-hoc logit adjustment and the fitted temperature), so PyTorch prediction,
-evaluation and the exported ONNX graph compute exactly the same thing.
+checkpoint's evaluation crop, optional test-time augmentation, the network, the per-class biases
+of post-hoc logit adjustment and the fitted temperature), so PyTorch prediction, evaluation and
+the exported fp32 ONNX graph compute the same thing (an int8 graph: within the tolerance the ship
+stage checks on PublicTest).
 
 A shipped checkpoint `X.ckpt` may have its ONNX graph beside it, `X.onnx` (written by the ship
 stage, int8 where that keeps PublicTest accuracy): `load_runtime` runs that graph with ONNX
@@ -45,7 +46,7 @@ def adjust_probabilities(probs: torch.Tensor, class_bias: torch.Tensor | Sequenc
 
 class FaceClassifier(nn.Module):
     """(N, 48, 48) uint8 aligned grayscale faces -> (N, 7) probabilities: the mean softmax over the
-    `tta` views (none | flip) of the checkpoint's evaluation crop, then adjusted by the class
+    `tta` views (none | flip | tencrop) of the checkpoint's evaluation crop, then adjusted by the class
     biases and the temperature."""
 
     def __init__(self, model: EmotionClassifier, image_size: int = 48, temperature: float = 1.0,
@@ -109,13 +110,16 @@ def onnx_graph_for(checkpoint_path: Path) -> tuple[Path | None, str]:
     and the reason there is none."""
     onnx_path = checkpoint_path.with_suffix(".onnx")
     if not onnx_path.is_file():
-        return None, f"no ONNX graph beside it ({onnx_path.name}; fer-export makes one)"
+        return None, f"no ONNX graph beside it (fer-export --checkpoint {checkpoint_path} -o {onnx_path} makes one)"
     try:
         import onnx
         import onnxruntime  # noqa: F401  (what runs the graph)
     except ImportError:
         return None, "the onnx extra is not installed (pip install -e '.[onnx]')"
-    metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    try:
+        metadata = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    except Exception as error:  # a truncated or foreign file: protobuf errors of every kind
+        return None, f"{onnx_path.name} is not a readable ONNX graph ({type(error).__name__})"
     if metadata.get("checkpoint_sha256") != file_sha256(checkpoint_path):
         return None, f"{onnx_path.name} was not made from this checkpoint"
     return onnx_path, ""
@@ -133,7 +137,10 @@ def load_runtime(checkpoint: str | Path | None = None, tta: str = "none", device
         onnx_path, reason = None, f"tta={tta} runs on PyTorch (the ONNX graph has no test-time augmentation)"
     if onnx_path and device != "cpu":
         onnx_path, reason = None, f"device={device} runs on PyTorch"
-    if onnx_path is None:
-        log.info("classifier runs on PyTorch: %s", reason)
-        return FaceClassifierRuntime(classifier, ckpt, device=device, batch_size=batch_size)
-    return FaceClassifierRuntime(classifier, ckpt, onnx_session(onnx_path, threads), onnx_path, device, batch_size)
+    if onnx_path is not None:
+        try:
+            return FaceClassifierRuntime(classifier, ckpt, onnx_session(onnx_path, threads), onnx_path, device, batch_size)
+        except Exception as error:  # ONNX Runtime refused the graph
+            reason = f"ONNX Runtime cannot run {onnx_path.name} ({str(error).strip().splitlines()[0][:200]})"
+    log.info("classifier runs on PyTorch: %s", reason)
+    return FaceClassifierRuntime(classifier, ckpt, device=device, batch_size=batch_size)

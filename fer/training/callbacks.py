@@ -18,7 +18,6 @@ from torchvision.utils import make_grid
 from fer import EMOTIONS
 from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
 
-
 log = logging.getLogger(__name__)
 
 

@@ -49,12 +49,11 @@ def export_onnx(classifier: FaceClassifier, path: Path, metadata: dict[str, str]
 
 
 def write_metadata(path: Path, metadata: dict[str, str]) -> Path:
-    """Add `metadata` to the ONNX model's props (where the runtime reads its checkpoint's hash)."""
+    """Set `metadata` in the ONNX model's props (where the runtime reads its checkpoint's hash),
+    keeping the other props; one value per key."""
     onnx, _, _ = _onnx()
     model = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
     onnx.save(model, str(path))
     return path
 
@@ -109,11 +108,12 @@ def real_faces(root: str, cache_dir: str, split: str, n: int, preprocessing: dic
     return chosen.numpy()
 
 
-def graph_metadata(classifier: FaceClassifier, checkpoint_path: Path) -> dict[str, str]:
-    """What a graph says about itself; `checkpoint_sha256` ties it to the file it was made from."""
+def graph_metadata(classifier: FaceClassifier, checkpoint_path: Path, source: Path | None = None) -> dict[str, str]:
+    """What a graph says about itself; `checkpoint_sha256` ties it to the file it was made from
+    (`source`: where that file will be, when it is not there yet)."""
     return {"classes": json.dumps(list(EMOTIONS)), "input": "uint8 (N, 48, 48) aligned grayscale faces",
             "temperature": str(float(classifier.temperature)), "class_bias": json.dumps(classifier.class_bias.tolist()),
-            "source": str(checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path), "precision": "fp32"}
+            "source": str(source or checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path), "precision": "fp32"}
 
 
 def export(checkpoint: str | None, output: Path, int8: bool = False, data: str | None = None,

@@ -59,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Trainer]:
     """`train`, also returning the datamodule (its loaded splits) and the trainer (its checkpoints)."""
     datamodule, model, trainer = build(cfg)
-    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs", overrides)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = best_checkpoint(trainer)

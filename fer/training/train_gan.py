@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +34,8 @@ def train_gan(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _recursive_=False)
     trainer = build_trainer(cfg)
-    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs", overrides)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     out = Path(cfg.paths.output_dir)
     ckpt = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
