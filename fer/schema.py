@@ -255,6 +255,23 @@ class BenchPredict:
     data: DataLocation = nested(DataLocation)
 
 
+@dataclass
+class ServerPool:
+    workers: int = positive()
+    queue: int = non_negative()
+
+
+@dataclass
+class LoadServe:
+    clients: int = positive()
+    seconds: float = positive()
+    url: Optional[str] = MISSING
+    checkpoint: Optional[str] = MISSING
+    face_index: int = non_negative()
+    server: ServerPool = nested(ServerPool)
+    data: DataLocation = nested(DataLocation)
+
+
 def _type_error(error: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line message -> `key=value: expected ...`."""
     first = str(error.msg).splitlines()[0]

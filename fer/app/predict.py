@@ -184,11 +184,7 @@ def predict(inputs: Sequence[str], output: str | Path, recognizer: Recognizer, w
     files, errors = expand_inputs(inputs)
     for error in errors:
         log.error("%s", error)
-    classifier = recognizer.classify.classifier
-    model = {"checkpoint": str(recognizer.checkpoint_path), "runtime": recognizer.classify.description,
-             "tta": classifier.tta, "temperature": float(classifier.temperature),
-             "class_bias": [round(b, 4) for b in classifier.class_bias.tolist()]}
-    writer = PredictionWriter(out, model)
+    writer = PredictionWriter(out, recognizer.model_info())
     try:
         predict_images([p for p in files if not is_video(p)], recognizer, writer, draw, progress)
         streams: list[tuple[str, Path | int]] = [(str(p), p) for p in files if is_video(p)]

@@ -89,6 +89,13 @@ class Recognizer:
         self.aligner = FaceAligner(output_size=48, min_face_size=min(min_face_size, DETECTOR_MIN_FACE),
                                    batch_size=batch_size, device=str(self.device))
 
+    def model_info(self) -> dict:
+        """Which model runs, and how: recorded with every prediction."""
+        classifier = self.classify.classifier
+        return {"checkpoint": str(self.checkpoint_path), "runtime": self.classify.description, "tta": classifier.tta,
+                "temperature": float(classifier.temperature),
+                "class_bias": [round(b, 4) for b in classifier.class_bias.tolist()]}
+
     # -- the stages --------------------------------------------------------------------------
     def detect(self, frames_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in BGR (or gray) frames, in the frames' own pixel coordinates."""
