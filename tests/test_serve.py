@@ -176,9 +176,9 @@ def test_the_page_shows_a_box_and_seven_bars_for_a_face(recognizer, face_photo, 
 
 
 def test_the_load_script_reports_rate_latency_and_errors(fer_folders, tmp_path, capsys):
-    from fer.bench.serve import load_serve
-
     from conftest import compose_config
+
+    from fer.bench.serve import load_serve
 
     cfg = compose_config("load_serve", tmp_path, [f"data.root={fer_folders}", "clients=2", "seconds=1"])
     result = load_serve(cfg)
