@@ -27,9 +27,10 @@ def quiet_lightning() -> None:
         def filter(self, record: logging.LogRecord) -> bool:
             return not str(record.msg).startswith(LIGHTNING_NOISE)
 
-    logger = logging.getLogger("lightning.fabric.utilities.rank_zero")
-    if not any(isinstance(f, DropNoise) for f in logger.filters):
-        logger.addFilter(DropNoise())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):  # its info lines
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropNoise) for f in logger.filters):
+            logger.addFilter(DropNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 

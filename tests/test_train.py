@@ -95,6 +95,15 @@ def test_a_run_killed_mid_training_resumes_with_ckpt_path_last(fer_folders, tmp_
     assert f"resuming {killed / 'checkpoints' / 'last.ckpt'}" in (resumed / "train.log").read_text()
 
 
+def test_lightning_noise_is_silenced_and_real_warnings_still_show(fer_folders, tmp_path):
+    args = [o for o in tiny_train_overrides(fer_folders) if not o.startswith("trainer.log_every_n_steps")]
+    result = run_script("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    for noise in ("💡 Tip", "litlogger", "TPU available", "isinstance(treespec, LeafSpec)"):
+        assert noise not in output
+    assert "smaller than the logging interval" in output  # a real warning about this run's settings
+
+
 def test_last_checkpoint_is_written_every_epoch(fer_folders, tmp_path):
     # the best checkpoint is only considered every 2nd epoch here, yet last.ckpt follows every epoch
     run = tmp_path / "run"
