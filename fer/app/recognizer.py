@@ -82,9 +82,7 @@ class Recognizer:
         self.checkpoint_path = Path(checkpoint or SHIPPED_MODEL)
         self.classify = load_runtime(self.checkpoint_path, tta, device, batch_size)
         """(N, 48, 48) uint8 aligned faces -> (N, 7) calibrated probabilities"""
-        self.checkpoint = self.classify.checkpoint
         self.min_confidence = min_confidence
-        self.batch_size = batch_size
         self.detection_scale = min(1.0, DETECTOR_MIN_FACE / min_face_size)
         self.aligner = FaceAligner(output_size=48, min_face_size=min(min_face_size, DETECTOR_MIN_FACE),
                                    batch_size=batch_size, device=str(self.device))
