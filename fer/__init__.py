@@ -1,5 +1,15 @@
 """Facial-expression recognition on FER-2013 with PyTorch Lightning and Hydra."""
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+"""The shipped models: the emotion classifier (+ its ONNX graph) and the GAN generator, with cards."""
+
+# `${paths.assets}` in the configs: the installed package's assets, whatever the working directory
+OmegaConf.register_new_resolver("fer.assets", lambda: str(ASSETS), replace=True)
+
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 """The 7 classes, in the order of the model's outputs (alphabetical, as the Kaggle folders)."""
 

@@ -46,7 +46,13 @@ class Balance(str, Enum):
     none = "none"
     class_weights = "class_weights"
     oversample = "oversample"
+    logit_adjust = "logit_adjust"
     gan = "gan"
+
+
+class TargetOf(str, Enum):
+    largest = "largest"
+    median = "median"
 
 
 class Split(str, Enum):
@@ -151,6 +157,7 @@ class Train(Run):
 @dataclass
 class Gan:
     lr: float = positive()
+    lr_d: float = positive()
     label_smoothing: float = expect("a number in [0, 1)", lambda v: 0 <= v < 1)
     ema_decay: Optional[float] = expect("a decay in [0, 1) or null", lambda v: 0 <= v < 1)
     aux_weight: float = non_negative()
@@ -164,6 +171,7 @@ class TrainGan(Run):
 @dataclass
 class GenerateOptions:
     target_share: Optional[float] = expect("a share in (0, 1] or null", lambda v: 0 < v <= 1)
+    target_of: TargetOf = MISSING
     filter_min_conf: Optional[float] = expect("a confidence in [0, 1] or null", lambda v: 0 <= v <= 1)
     max_attempts_factor: int = positive()
     batch_size: int = positive()
@@ -233,6 +241,12 @@ class Ship:
     max_accuracy_drop: float = fraction()
     onnx: ShipOnnx = nested(ShipOnnx)
     data: EvaluateData = nested(EvaluateData)
+
+
+@dataclass
+class ShipGan:
+    ckpt_path: str = MISSING
+    out_dir: str = MISSING
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Synthetic faces from a GAN checkpoint: python scripts/generate.py gan_ckpt=CKPT [overrides]
+"""Synthetic faces from the shipped generator or a GAN checkpoint: python scripts/generate.py [gan_ckpt=CKPT] [overrides]
 (see conf/generate.yaml); writes <run>/synthetic/<class>/*.png and manifest.csv."""
 
 import hydra

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -14,13 +15,14 @@ from fer import EMOTIONS, FERError
 from fer.reports.gan_quality import ClassifierFeatures, distances, embed, quality_report
 from fer.training.generate import generate, load_gan, plan_counts
 from fer.models.classifier import EmotionClassifier
-from fer.models.gan import ConditionalGAN
+from fer.models.diffaugment import DiffAugment
+from fer.models.gan import ConditionalGAN, FaceGenerator
 from fer.models.gan_nets import Discriminator, Generator
 from fer.training.train_gan import train_gan
 
-from conftest import compose_config, write_folders
+from conftest import REPO, compose_config, run_script, write_folders
 
-TINY_GAN = ["data.batch_size=16", "model.generator.channels=[16,8,8]", "model.discriminator.channels=[8,8,16]",
+TINY_GAN = ["data.batch_size=16", "data.align=false", "model=dcgan", "model.generator.channels=[16,8,8]", "model.discriminator.channels=[8,8,16]",
             "model.generator.latent_dim=8", "model.generator.embed_dim=4",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 
@@ -82,6 +84,59 @@ def test_one_manual_step_updates_both_nets_and_the_ema(loss, tmp_path):
     assert samples.shape == (4, 1, 48, 48) and 0 <= samples.min() and samples.max() <= 1
 
 
+def test_conditional_batchnorm_uses_the_label():
+    g = Generator(latent_dim=16, channels=(32, 16, 8), conditioning="batchnorm").eval()
+    assert g.embed is None  # the label reaches G only through the normalisation layers
+    for norm in g.norms:  # start as plain BatchNorm: scale 1, shift 0 for every class
+        norm.scale.weight.data.normal_(1, 0.5)
+        norm.shift.weight.data.normal_(0, 0.5)
+    z = torch.randn(1, 16).repeat(2, 1)
+    a, b = g(z, torch.tensor([0, 1]))
+    assert a.shape == (1, 48, 48) and (a - b).abs().mean() > 1e-3
+    assert torch.equal(g(z[:1], torch.tensor([3])), g(z[:1], torch.tensor([3])))
+
+
+def test_diffaugment_applies_one_transform_to_real_and_fake_and_is_differentiable():
+    augment = DiffAugment()
+    real = torch.rand(6, 1, 48, 48) * 2 - 1
+    fake = real.clone().requires_grad_()
+    seen_real, seen_fake = augment(real, fake, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen_real, seen_fake.detach())  # equal inputs -> equal outputs: the same sampled transform
+    assert not torch.allclose(seen_real, real)  # and it changed them
+    assert (seen_real[0] == 0).float().mean() > 0.05  # cutout zeroed a square (at least part of it in the image)
+    seen_fake.square().sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0  # G gets a gradient through the augmentation
+    other = augment(real, generator=torch.Generator().manual_seed(1))[0]
+    assert not torch.allclose(other, seen_real)  # a new call samples new transforms
+    # each transform alone: brightness shifts a row by one level, translation moves whole pixels
+    shifted = DiffAugment(["brightness"])(real, generator=torch.Generator().manual_seed(0))[0] - real
+    assert torch.allclose(shifted, shifted[:, :, :1, :1].expand_as(shifted), atol=1e-6)
+    moved = DiffAugment(["translation"], translation_ratio=0.25)(real, generator=torch.Generator().manual_seed(0))[0]
+    values = set(torch.unique(moved).tolist()) - {0.0}
+    assert values <= set(torch.unique(real).tolist())  # nearest sampling: every pixel is an input pixel or padding
+    with pytest.raises(ValueError, match="unknown transforms"):
+        DiffAugment(["saturation"])
+
+
+def test_a_gan_with_diffaugment_and_two_learning_rates_steps(tmp_path):
+    import lightning as L
+
+    adam = {"_target_": "torch.optim.Adam", "_partial_": True}
+    gan = ConditionalGAN(
+        generator={"_target_": "fer.models.gan_nets.Generator", "latent_dim": 8, "channels": [16, 8, 8], "conditioning": "batchnorm"},
+        discriminator={"_target_": "fer.models.gan_nets.Discriminator", "channels": [8, 8, 16]},
+        optimizer_g={**adam, "lr": 1e-4}, optimizer_d={**adam, "lr": 4e-4},
+        diffaugment={"_target_": "fer.models.diffaugment.DiffAugment", "policy": ["translation", "cutout"]})
+    assert isinstance(gan.augment, DiffAugment)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(8, 1, 48, 48), torch.arange(8) % 7), batch_size=8)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(gan, data)
+    opt_g, opt_d = (o.optimizer for o in trainer.optimizers) if hasattr(trainer.optimizers[0], "optimizer") else trainer.optimizers
+    assert [opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]] == [1e-4, 4e-4]
+    assert trainer.global_step == 2
+
+
 def test_bad_gan_options_are_refused():
     with pytest.raises(FERError, match="model.loss must be one of"):
         tiny_gan(loss="wasserstein")
@@ -89,6 +144,8 @@ def test_bad_gan_options_are_refused():
         tiny_gan(discriminator={"conditioning": "concat"})
     with pytest.raises(FERError, match="model.ema_decay"):
         tiny_gan(ema_decay=1.5)
+    with pytest.raises(FERError, match="model.diffaugment: .*unknown transforms"):
+        tiny_gan(diffaugment={"_target_": "fer.models.diffaugment.DiffAugment", "policy": ["hue"]})
 
 
 def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
@@ -113,12 +170,23 @@ def test_quality_report_on_known_inputs():
     def copies_of_real(label: int, n: int) -> torch.Tensor:  # a "generator" that returns real images
         return real[labels == label][:n]
 
-    report = quality_report(real, labels, copies_of_real, features, n_per_class=10, kid_subsets=5, kid_subset_size=5)
+    report = quality_report(real, labels, copies_of_real, features, n_per_class=10, kid_subsets=5, kid_subset_size=5,
+                            recall_images=real, recall_labels=labels)
     for label, name in enumerate(EMOTIONS):
         scores = report["per_class"][name]
         assert abs(scores["fid"]) < 1e-3 and scores["n_real"] == scores["n_fake"] == 10
         expected = float((predicted[labels == label] == label).float().mean())
         assert scores["agreement"] == pytest.approx(expected) == pytest.approx(scores["real_agreement"])
+        assert scores["real_recall"] == pytest.approx(expected)
+        assert scores["diversity"] == pytest.approx(scores["real_diversity"]) and scores["diversity"] > 0
+    assert report["min_agreement_vs_recall"] <= report["mean_agreement_vs_recall"]
+
+    def one_face(label: int, n: int) -> torch.Tensor:  # a collapsed generator: one image for every latent
+        return real[labels == label][:1].expand(n, -1, -1, -1)
+
+    collapsed = quality_report(real, labels, one_face, features, n_per_class=10, kid_subsets=5, kid_subset_size=5)
+    assert all(abs(c["diversity"]) < 1e-6 < c["real_diversity"] for c in collapsed["per_class"].values())
+    assert "mean_real_recall" not in collapsed  # no held-out faces given
     assert set(report) >= {"mean_fid", "mean_kid_mean", "mean_agreement", "mean_fid_real_halves"}
 
 
@@ -126,6 +194,8 @@ def test_counts_fixed_per_class_or_to_a_target_share():
     assert plan_counts(5, None) == [5] * 7
     assert plan_counts({"disgust": 3, "fear": 1}, None) == [0, 3, 1, 0, 0, 0, 0]
     assert plan_counts(None, 0.5, [3995, 436, 4097, 7215, 4965, 4830, 3171]) == [0, 3172, 0, 0, 0, 0, 437]
+    # the cap of the ablation: minority classes lifted to half of the median class (4,097)
+    assert plan_counts(None, 0.5, [3995, 436, 4097, 7215, 4965, 4830, 3171], "median") == [0, 1613, 0, 0, 0, 0, 0]
     for n, share, message in [(None, None, "exactly one of"), (5, 0.5, "exactly one of"), (-1, None, "integers >= 0"),
                               ({"joy": 2}, None, "unknown classes"), (None, 1.5, "target_share must be")]:
         with pytest.raises(FERError, match=message):
@@ -226,8 +296,10 @@ def test_train_gan_writes_checkpoint_grid_events_and_quality(fer_folders, tmp_pa
     assert result["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
     checkpoint = torch.load(result["ckpt_path"], weights_only=True)  # plain-dict hparams: loads safely
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2 * 2 * (84 // 16)  # 2 optimizer steps a batch
-    gan, sha = load_gan(result["ckpt_path"])
-    assert gan.ema is not None and len(sha) == 64
+    generator, sha = load_gan(result["ckpt_path"])
+    assert isinstance(generator, FaceGenerator) and len(sha) == 64
+    ema = {k.removeprefix("ema.module."): v for k, v in checkpoint["state_dict"].items() if k.startswith("ema.module.")}
+    assert all(torch.equal(v, ema[k]) for k, v in generator.net.state_dict().items())  # it samples the EMA copy
     assert Image.open(run / "samples.png").size[0] > 0
     quality = result["quality"]
     assert (run / "quality.json").is_file() and set(quality["per_class"]) == set(EMOTIONS)
@@ -237,15 +309,73 @@ def test_train_gan_writes_checkpoint_grid_events_and_quality(fer_folders, tmp_pa
 
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Images("gan/samples")] == [0, 1]  # the grid after every epoch
-    assert {"gan/d_loss_epoch", "gan/g_loss_epoch", "quality/mean_fid", "quality/disgust/agreement"} <= set(events.Tags()["scalars"])
+    assert {"gan/d_loss_epoch", "gan/g_loss_epoch", "quality/mean_fid", "quality/disgust/agreement",
+            "quality/disgust/real_recall", "quality/disgust/diversity", "quality/min_agreement_vs_recall"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("quality/disgust/agreement")) == 3  # the GANQuality callback after each epoch, then the end
 
 
 def test_a_finished_gan_run_resumed_measures_and_draws_without_training(fer_folders, tmp_path):
-    first = compose_config("train_gan", tmp_path / "a", [f"data.root={fer_folders}", *TINY_GAN, "trainer.max_epochs=1"])
+    first = compose_config("train_gan", tmp_path / "a", [f"data.root={fer_folders}", *TINY_GAN, "trainer.max_epochs=1",
+                                                         "quality.classifier_ckpt=null"])
     last = train_gan(first)["ckpt_path"]
     before = torch.load(last, weights_only=True)["global_step"]
     resumed = compose_config("train_gan", tmp_path / "b", [f"data.root={fer_folders}", *TINY_GAN, "trainer.max_epochs=1",
-                                                           f"ckpt_path={last}"])
+                                                           "quality.classifier_ckpt=null", f"ckpt_path={last}"])
     train_gan(resumed)
     assert (tmp_path / "b" / "run" / "samples.png").is_file()  # the callback never ran: the stage drew it
     assert not (tmp_path / "b" / "run" / "checkpoints").exists() and torch.load(last, weights_only=True)["global_step"] == before
+
+
+def test_the_hydra_entries_train_ship_and_generate_from_a_generator(fer_folders, tmp_path):
+    """scripts/train_gan.py (model=cgan: DiffAugment, conditional BN) -> scripts/ship_gan.py -> scripts/generate.py."""
+    classifier = tiny_classifier()
+    clf_path = tmp_path / "clf.ckpt"
+    torch.save({"state_dict": classifier.state_dict(), "hyper_parameters": dict(classifier.hparams),
+                "datamodule_hyper_parameters": {"image_size": 40}}, clf_path)
+    cgan = [o for o in TINY_GAN if o not in ("model=dcgan", "model.generator.embed_dim=4")]
+    run_script("train_gan.py", [f"data.root={fer_folders}", *cgan, "trainer.max_epochs=1", f"quality.classifier_ckpt={clf_path}",
+                                "quality.n_per_class=6", "quality.kid_subsets=3", "quality.kid_subset_size=3",
+                                f"hydra.run.dir={tmp_path / 'gan'}"], cwd=tmp_path)
+    assert (tmp_path / "gan" / "samples.png").is_file() and (tmp_path / "gan" / "quality.json").is_file()
+    assert list((tmp_path / "gan" / "tensorboard").glob("events.out.tfevents.*"))
+
+    assets = tmp_path / "assets"
+    result = run_script("ship_gan.py", [f"ckpt_path={tmp_path / 'gan' / 'checkpoints' / 'last.ckpt'}", f"out_dir={assets}",
+                                        "training.commit=abc123", "training.machine=test", f"hydra.run.dir={tmp_path / 'ship'}"],
+                        cwd=tmp_path)
+    card = json.loads((assets / "gan_card.json").read_text())
+    assert card["training"]["command"].startswith("python scripts/train_gan.py data.root=")
+    assert card["training"]["generator_steps"] == 84 // 16 and card["training"]["commit"] == "abc123"
+    assert set(card["quality"]["per_class"]) == set(EMOTIONS) and "agreement=" in result.stdout
+    assert card["weights"] == "the EMA copy of G" and card["size_bytes"] == (assets / "gan_generator.ckpt").stat().st_size
+    shipped = torch.load(assets / "gan_generator.ckpt", weights_only=True)
+    assert not any("discriminator" in k or k.startswith("ema.") for k in shipped["state_dict"])  # G alone
+
+    run_script("generate.py", [f"gan_ckpt={assets / 'gan_generator.ckpt'}", f"data.root={fer_folders}",
+                               "generate.target_share=null", "generate.n_per_class={disgust:3,happy:2}",
+                               f"hydra.run.dir={tmp_path / 'gen'}"], cwd=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "gen" / "synthetic" / "manifest.csv")))
+    assert [r["class"] for r in rows] == ["disgust"] * 3 + ["happy"] * 2 and rows[0]["generator_sha256"] == card["sha256"]
+
+    missing = run_script("ship_gan.py", [f"ckpt_path={clf_path}", f"out_dir={tmp_path / 'nothing'}", "training.commit=a",
+                                         "training.machine=b", f"hydra.run.dir={tmp_path / 'ship2'}"], cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and "is not a checkpoint of this project's GAN training run" in missing.stderr
+    assert not (tmp_path / "nothing" / "gan_generator.ckpt").exists()
+
+
+SHIPPED_GENERATOR = REPO / "fer" / "assets" / "gan_generator.ckpt"
+
+
+def test_the_shipped_generator_draws_faces_of_the_requested_classes(fer_folders, tmp_path):
+    """`python scripts/generate.py` with no checkpoint named: the generator in fer/assets."""
+    assert SHIPPED_GENERATOR.is_file() and SHIPPED_GENERATOR.stat().st_size < 10 * 2**20
+    run_script("generate.py", [f"data.root={fer_folders}", "generate.target_share=null", "generate.n_per_class={disgust:4,fear:2}",
+                               f"hydra.run.dir={tmp_path / 'gen'}"], cwd=tmp_path)
+    synthetic = tmp_path / "gen" / "synthetic"
+    rows = list(csv.DictReader(open(synthetic / "manifest.csv")))
+    assert [r["class"] for r in rows] == ["disgust"] * 4 + ["fear"] * 2
+    for row in rows:
+        pixels = np.asarray(Image.open(synthetic / row["file"]))
+        assert pixels.dtype == np.uint8 and pixels.shape == (48, 48) and pixels.std() > 5  # a face, not a flat square
+    card = json.loads((REPO / "fer" / "assets" / "gan_card.json").read_text())
+    assert rows[0]["generator_sha256"] == card["sha256"]

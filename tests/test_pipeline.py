@@ -84,7 +84,10 @@ def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
     cfg = compose_config("pipeline", tmp_path, ["classifier.model.optimizer.lr=0.01", "gan.model.lr=0.001",
                                                 "classifier.data.balance=oversample", "gan.trainer.max_epochs=3"])
     assert cfg.classifier.model.optimizer.lr == 0.01 and cfg.classifier.model.scheduler.max_lr == 0.01
-    assert cfg.gan.model.lr == 0.001 and cfg.gan.model.optimizer_g.lr == cfg.gan.model.optimizer_d.lr == 0.001
+    assert cfg.gan.model.lr == 0.001 and cfg.gan.model.optimizer_g.lr == 0.001
+    assert cfg.gan.model.optimizer_d.lr == cfg.gan.model.lr_d == 0.0004  # two time-scale: D's own rate
+    assert cfg.gan.model.generator.conditioning == "batchnorm" and cfg.gan.model.diffaugment is not None
+    assert cfg.gan.data.align == cfg.classifier.data.align  # the GAN draws the faces the classifier sees
     assert cfg.classifier.model._target_ == "fer.models.classifier.EmotionClassifier"
     assert cfg.gan.model._target_ == "fer.models.gan.ConditionalGAN"
     assert cfg.gan.trainer.max_epochs == 3 and cfg.gan.trainer.limit_val_batches == 0
@@ -97,27 +100,33 @@ def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
     assert stage.logger.tensorboard.save_dir == str(tmp_path / "run" / "gan") and stage.seed == cfg.seed
 
     sweep = compose_config("pipeline", tmp_path, ["experiment=gan_ablation"])
-    assert sweep.hydra.sweeper.params["classifier.data.balance"] == "none,class_weights,oversample,gan"
-    assert sweep.hydra.sweeper.params.seed == "1,2,3" and sweep.classifier.trainer.accelerator == "cpu"
+    assert sweep.hydra.sweeper.params["classifier.data.balance"] == "none,class_weights,oversample,logit_adjust,gan"
+    assert sweep.hydra.sweeper.params.seed == "1,2" and sweep.classifier.trainer.accelerator == "cpu"
+    assert sweep.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt") and sweep.generate.target_of == "median"
+    assert sweep.classifier.trainer.limit_train_batches == 224  # the same steps for every arm
 
 
 def test_ablation_table_reads_a_sweep(tmp_path):
-    def write(job: int, balance: str, accuracy: float, disgust: float):
+    def write(job: int, balance: str, accuracy: float, disgust: float, arm: str | None = None):
         per_class = {name: {"recall": 0.5} for name in ("angry", "fear", "happy", "neutral", "sad", "surprise")}
         per_class["disgust"] = {"recall": disgust}
         (tmp_path / str(job)).mkdir()
         (tmp_path / str(job) / "metrics.json").write_text(json.dumps({
-            "balance": balance, "seed": job,
+            "balance": balance, "seed": job, **({"arm": arm} if arm else {}),
             "splits": {"val": {"accuracy": accuracy, "macro_f1": accuracy - 0.1, "per_class": per_class}, "test": None}}))
 
-    write(0, "gan", 0.60, 0.2)
-    write(1, "none", 0.62, 0.0)
-    write(2, "gan", 0.64, 0.4)
+    write(0, "gan", 0.60, 0.2, "gan (0.5 x median)")
+    write(1, "none", 0.62, 0.0)  # an older summary without "arm": its balance names the row
+    write(2, "gan", 0.64, 0.4, "gan (0.5 x median)")
+    write(3, "gan", 0.61, 0.5, "gan (0.5 x median) + filter 0.6")
+    write(4, "logit_adjust", 0.63, 0.3, "logit_adjust")
     table = markdown_table(read_runs(tmp_path))
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| data.balance | runs | accuracy (PublicTest)")
+    assert lines[0].startswith("| arm (data.balance) | runs | accuracy (PublicTest)")
     assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.0000 | 0.5000 |"  # the options' order, not the jobs'
-    assert lines[3] == "| gan | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 |"
+    assert lines[3].startswith("| logit_adjust | 1 | 0.6300 |")
+    assert lines[4] == "| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 |"
+    assert lines[5].startswith("| gan (0.5 x median) + filter 0.6 | 1 |")
     with pytest.raises(FERError, match="no run in .* has test metrics"):
         read_runs(tmp_path, split="test")
 
@@ -136,3 +145,24 @@ def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):
     assert type(model.hparams.class_weights) is list and len(model.hparams.class_weights) == 7
     torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "h.ckpt")
     assert torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]["class_weights"] == model.hparams.class_weights
+
+
+def test_logit_adjusted_loss_adds_the_log_prior_to_the_logits_in_the_loss_only(fer_folders, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from fer.training.train import build
+
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "data.balance=logit_adjust"])
+    datamodule, model, _ = build(cfg, logger=False, callbacks=[])
+    counts = datamodule.splits["train"].class_counts().float()
+    prior = (counts / counts.sum()).log()
+    assert type(model.hparams.logit_adjustment) is list
+    assert torch.allclose(model.logit_adjustment, prior) and model.class_weights is None
+    logits, labels = torch.randn(5, 7), torch.tensor([0, 1, 2, 3, 4])
+    smoothing = model.hparams.label_smoothing
+    assert torch.allclose(model._loss(logits, labels), F.cross_entropy(logits + prior, labels, label_smoothing=smoothing))
+    images = torch.rand(2, 1, 40, 40)
+    assert torch.equal(model.eval()(images), model.net(model.standardize(images)))  # predictions: the bare logits
+    plain = build(compose_config("train", tmp_path / "b", tiny_train_overrides(fer_folders)), logger=False, callbacks=[])[1]
+    assert plain.logit_adjustment is None

@@ -25,7 +25,7 @@ from fer.data.fer2013 import Split, aligned_split, load_image_folder, load_split
 
 log = logging.getLogger(__name__)
 
-BALANCE_OPTIONS = ("none", "class_weights", "oversample", "gan")  # gan: GAN samples in extra_train_dirs
+BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")  # gan: GAN samples in extra_train_dirs
 EVAL_SPLITS = ("val", "test")
 
 
@@ -114,6 +114,16 @@ class FERDataModule(L.LightningDataModule):
         self.setup("fit")
         counts = self.splits["train"].class_counts().float().clamp(min=1)
         return (counts.sum() / (len(counts) * counts)).tolist()
+
+    @property
+    def logit_adjustment(self) -> list[float] | None:
+        """log of the Training class prior, for balance=logit_adjust: the loss sees logits + log prior
+        (Menon et al. 2021), so the bare logits the model predicts with are balanced."""
+        if self.hparams.balance != "logit_adjust":
+            return None
+        self.setup("fit")
+        counts = self.splits["train"].class_counts().float().clamp(min=1)
+        return (counts / counts.sum()).log().tolist()
 
     # -- loaders ---------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -34,7 +34,9 @@ class EmotionClassifier(L.LightningModule):
     """Takes (B, 1, H, W) float faces in [0, 1]; `net`, `optimizer` and `scheduler` are Hydra
     configs (the optimizer and scheduler `_partial_`), so a checkpoint rebuilds itself.
 
-    `mixup_alpha` / `cutmix_alpha` > 0 mix training batches (the loss takes the soft targets, the
+    `class_weights` weigh the loss per class; `logit_adjustment` (per-class offsets, e.g. the log
+    prior) is added to the logits inside the loss only, so the predictions are balanced (Menon et
+    al. 2021). `mixup_alpha` / `cutmix_alpha` > 0 mix training batches (the loss takes the soft targets, the
     metrics the hard labels); `compile` compiles the net in place for training only, so checkpoints
     keep plain parameter names and evaluation does not compile.
     """
@@ -47,19 +49,23 @@ class EmotionClassifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        logit_adjustment: list[float] | None = None,
         channels_last: bool = True,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         compile: bool = False,
     ):
         super().__init__()
-        net, optimizer, scheduler, class_weights = (_plain(c) for c in (net, optimizer, scheduler, class_weights))
+        net, optimizer, scheduler, class_weights, logit_adjustment = (
+            _plain(c) for c in (net, optimizer, scheduler, class_weights, logit_adjustment))
         self.save_hyperparameters(logger=False)  # train() logs the whole run config with final metrics
         self.net = instantiate(net)
         if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs under mixed precision
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        offsets = torch.tensor(logit_adjustment, dtype=torch.float) if logit_adjustment else None
+        self.register_buffer("logit_adjustment", offsets, persistent=False)
 
         num_classes = len(EMOTIONS)
         self.mix = batch_mix(mixup_alpha, cutmix_alpha, num_classes)
@@ -82,6 +88,8 @@ class EmotionClassifier(L.LightningModule):
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against class indices or (mixed) class probabilities."""
+        if self.logit_adjustment is not None:
+            logits = logits + self.logit_adjustment
         return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
 
     def on_fit_start(self):

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer import EMOTIONS
+from fer import ASSETS, EMOTIONS
 from fer.checkpoints import file_sha256
 from fer.data.augment import tta_views
 from fer.models.classifier import EmotionClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "emotion_classifier.ckpt"
+SHIPPED_MODEL = ASSETS / "emotion_classifier.ckpt"
 """The default model, inside the package: prediction works offline right after install."""
 
 

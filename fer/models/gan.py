@@ -1,5 +1,6 @@
 """The class-conditional DCGAN `LightningModule`: a thin wrapper (manual optimization, adversarial
-loss, EMA of the generator) around the plain nets in `fer.models.gan_nets`."""
+loss, DiffAugment, EMA of the generator) around the plain nets in `fer.models.gan_nets`, and the
+sampling side: `FaceGenerator`, loaded from a training checkpoint or the shipped generator."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pathlib import Path
+
 from fer import FERError
+from fer.checkpoints import read_checkpoint
 from fer.models.classifier import _plain
 
 LOSSES = ("hinge", "bce")
@@ -25,14 +29,50 @@ def _build(key: str, config: dict) -> torch.nn.Module:
         raise FERError(f"{key}: {cause}") from error
 
 
+class FaceGenerator(torch.nn.Module):
+    """A generator net in eval mode, for sampling: (z, labels) -> (B, 1, 48, 48) faces in [0, 1]."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net.eval()
+
+    @property
+    def latent_dim(self) -> int:
+        return self.net.latent_dim
+
+    def train(self, mode: bool = True) -> FaceGenerator:
+        return super().train(False)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        return (self.net(z.to(device), labels.to(device)) + 1) / 2
+
+
+def load_generator(path: str | Path) -> FaceGenerator:
+    """The sampling generator of a GAN training checkpoint (its EMA copy when it has one) or of a
+    shipped generator file (`fer.training.ship_gan`), loaded safely (`weights_only=True`)."""
+    checkpoint = read_checkpoint(path, {"generator"}, "GAN generator (fer.models.gan)")
+    state = checkpoint["state_dict"]
+    for prefix in ("ema.module.", "generator.", ""):  # EMA of a training checkpoint, its raw G, a shipped G
+        weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix) and not k.startswith("ema.n_")}
+        if weights:
+            break
+    net = _build("generator", checkpoint["hyper_parameters"]["generator"])
+    net.load_state_dict(weights)
+    return FaceGenerator(net)
+
+
 class ConditionalGAN(L.LightningModule):
     """Takes (B, 1, 48, 48) float faces in [0, 1] with their labels; samples in the same range.
 
     `generator`, `discriminator`, `optimizer_g`, `optimizer_d` are Hydra configs (the optimizers
     `_partial_`), stored as plain dicts so a checkpoint rebuilds itself and loads with
     `weights_only=True`. Stabilisers: `loss` hinge or BCE, one-sided `label_smoothing` of the real
-    targets (BCE only), spectral norm (in the discriminator's config), `ema_decay` (an EMA copy of
-    G that `sample` uses; null: sample the raw G), `clip_grad_norm` on both nets.
+    targets (BCE only), spectral norm (in the discriminator's config), `diffaugment` (a Hydra config
+    of `fer.models.diffaugment.DiffAugment`: every image D sees, real or generated, is augmented;
+    null: none), two learning rates (`lr` for G, `lr_d` for D, which the optimiser configs use),
+    `ema_decay` (an EMA copy of G that `sample` uses; null: sample the raw G), `clip_grad_norm`.
     """
 
     def __init__(
@@ -46,10 +86,13 @@ class ConditionalGAN(L.LightningModule):
         ema_decay: float | None = 0.999,
         aux_weight: float = 1.0,
         clip_grad_norm: float | None = None,
-        lr: float | None = None,  # the optimizers' learning rate, kept for the record (configs interpolate it)
+        diffaugment: dict | None = None,
+        lr: float | None = None,    # G's learning rate (the optimiser configs interpolate it)
+        lr_d: float | None = None,  # D's, when it differs (two time-scale update rule)
     ):
         super().__init__()
-        generator, discriminator, optimizer_g, optimizer_d = (_plain(c) for c in (generator, discriminator, optimizer_g, optimizer_d))
+        generator, discriminator, optimizer_g, optimizer_d, diffaugment = (
+            _plain(c) for c in (generator, discriminator, optimizer_g, optimizer_d, diffaugment))
         if loss not in LOSSES:
             raise FERError(f"model.loss must be one of {list(LOSSES)}, got {loss!r}")
         if not 0 <= label_smoothing < 1:
@@ -60,6 +103,7 @@ class ConditionalGAN(L.LightningModule):
         self.automatic_optimization = False
         self.generator = _build("model.generator", generator)
         self.discriminator = _build("model.discriminator", discriminator)
+        self.augment = _build("model.diffaugment", diffaugment) if diffaugment else None
         self.ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
                     if ema_decay is not None else None)
         if self.ema is not None:
@@ -105,8 +149,9 @@ class ConditionalGAN(L.LightningModule):
 
         # discriminator: real vs generated (only D's parameters take gradients)
         self.toggle_optimizer(opt_d)
-        d_real, cls_real = self.discriminator(real, labels)
-        d_fake, cls_fake = self.discriminator(fake.detach(), labels)
+        seen_real, seen_fake = self._augment(real, fake.detach())
+        d_real, cls_real = self.discriminator(seen_real, labels)
+        d_fake, cls_fake = self.discriminator(seen_fake, labels)
         d_loss = self._d_adversarial(d_real, d_fake)
         if cls_real is not None:  # AC-GAN: D also names the class of real and generated faces
             d_loss = d_loss + self.hparams.aux_weight * (F.cross_entropy(cls_real, labels) + F.cross_entropy(cls_fake, labels))
@@ -115,7 +160,7 @@ class ConditionalGAN(L.LightningModule):
 
         # generator: fool the updated D on the same latent batch
         self.toggle_optimizer(opt_g)
-        g_fake, g_cls = self.discriminator(fake, labels)
+        g_fake, g_cls = self.discriminator(self._augment(fake)[0], labels)
         g_loss = self._g_adversarial(g_fake)
         if g_cls is not None:
             g_loss = g_loss + self.hparams.aux_weight * F.cross_entropy(g_cls, labels)
@@ -126,6 +171,10 @@ class ConditionalGAN(L.LightningModule):
 
         self.log_dict({"gan/d_loss": d_loss, "gan/g_loss": g_loss}, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict({"gan/d_real": d_real.mean(), "gan/d_fake": d_fake.mean()}, on_step=True, on_epoch=True)
+
+    def _augment(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What D sees: the batches under one sampled DiffAugment transform (unchanged without one)."""
+        return self.augment(*batches) if self.augment is not None else batches
 
     def _step(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)

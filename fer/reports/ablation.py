@@ -1,5 +1,6 @@
 """The ablation table: the `metrics.json` of each pipeline run in a sweep folder -> one markdown row
-per `data.balance` option, mean +- std over its runs (seeds)."""
+per arm (the `data.balance` option; for `gan` also the synthetic share and filter), mean +- std over
+its runs (seeds)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 
 from fer import FERError
 
-BALANCE_OPTIONS = ("none", "class_weights", "oversample", "gan")
+BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")
 """The table's row order (fer.data.datamodule.BALANCE_OPTIONS; not imported, so the script needs no torch)."""
 
 COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("disgust recall", "disgust"), ("fear recall", "fear"))
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
-    """{balance option: [{accuracy, macro_f1, disgust, fear} per run]} from each `sweep_dir`/*/metrics.json
+    """{arm: [{accuracy, macro_f1, disgust, fear} per run]} from each `sweep_dir`/*/metrics.json
     (several sweep folders: a sweep run in parts)."""
     runs: dict[str, list[dict[str, float]]] = {}
     files = []
@@ -30,7 +31,7 @@ def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dic
         metrics = (summary.get("splits") or {}).get(split)
         if metrics is None:
             continue
-        runs.setdefault(summary["balance"], []).append({
+        runs.setdefault(summary.get("arm", summary["balance"]), []).append({
             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "disgust": metrics["per_class"]["disgust"]["recall"], "fear": metrics["per_class"]["fear"]["recall"],
         })
@@ -46,10 +47,14 @@ def _cell(values: list[float]) -> str:
 
 
 def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest") -> str:
-    """Rows in the order of `BALANCE_OPTIONS`; cells are mean ± sample std (n-1) over the runs."""
-    header = ["data.balance", "runs", *(f"{title} ({split_name})" for title, _ in COLUMNS)]
+    """Rows in the order of `BALANCE_OPTIONS` (gan arms by name); cells are mean ± sample std (n-1) over the runs."""
+    header = ["arm (data.balance)", "runs", *(f"{title} ({split_name})" for title, _ in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for option in sorted(runs, key=lambda o: BALANCE_OPTIONS.index(o) if o in BALANCE_OPTIONS else len(BALANCE_OPTIONS)):
+    def order(arm: str) -> tuple[int, str]:
+        option = arm.split(" ")[0]
+        return (BALANCE_OPTIONS.index(option) if option in BALANCE_OPTIONS else len(BALANCE_OPTIONS), arm)
+
+    for option in sorted(runs, key=order):
         rows = runs[option]
         cells = [_cell([r[key] for r in rows]) for _, key in COLUMNS]
         lines.append(f"| {option} | {len(rows)} | " + " | ".join(cells) + " |")

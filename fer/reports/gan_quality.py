@@ -1,6 +1,8 @@
-"""GAN sample quality without any downloaded network: FID and KID per class on the penultimate
-features of a classifier trained on real FER-2013 only, and the agreement rate (the share of
-class-c samples that this classifier labels c)."""
+"""GAN sample quality without any downloaded network, per class, on the penultimate features of a
+classifier trained on real FER-2013 only: FID and KID (torchmetrics, with that feature extractor),
+the agreement rate (the share of class-c samples that this classifier labels c, next to its recall
+on real PublicTest class-c faces) and diversity (mean pairwise feature distance within the class,
+next to the same on real faces)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from fer import EMOTIONS
-from fer.data.augment import center_crop
-from fer.models.classifier import EmotionClassifier
+from fer import EMOTIONS, FERError
+from fer.data.augment import center_crop, to_float
+from fer.models.classifier import EmotionClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,14 @@ def agreement(features: ClassifierFeatures, images: torch.Tensor, label: int, ba
     return float((probs.argmax(1) == label).float().mean()), float(probs[:, label].mean())
 
 
+def diversity(features: torch.Tensor, max_items: int = 500) -> float:
+    """Mean pairwise Euclidean distance between (up to `max_items`) feature vectors: near 0 when a
+    generator draws the same face for every latent (mode collapse)."""
+    features = features[:max_items].double()
+    n = len(features)
+    return float(torch.cdist(features, features).sum() / (n * (n - 1))) if n > 1 else 0.0
+
+
 def quality_report(
     real_images: torch.Tensor,
     real_labels: torch.Tensor,
@@ -109,12 +119,16 @@ def quality_report(
     seed: int = 0,
     kid_subsets: int = 50,
     kid_subset_size: int = 1000,
+    recall_images: torch.Tensor | None = None,
+    recall_labels: torch.Tensor | None = None,
 ) -> dict:
     """Per class and averaged over classes: `real_images` (N, 1, 48, 48) in [0, 1] with
     `real_labels`; `sample(label, n)` returns n generated faces of that class. Each class compares
     n = min(n_per_class, real count) real and as many generated faces. The real-data floor
     (`fid_real_halves`, `kid_real_halves`): the same distances between two disjoint halves of the
-    real class, what a perfect generator would score with about as many samples."""
+    real class, what a perfect generator would score with about as many samples. With
+    `recall_images` (faces the classifier did not train on, e.g. PublicTest) `real_recall` is its
+    recall there and `agreement_vs_recall` the generated faces' agreement divided by it."""
     generator = torch.Generator().manual_seed(seed)
     report: dict = {"per_class": {}}
     for label, name in enumerate(EMOTIONS):
@@ -126,16 +140,61 @@ def quality_report(
         pool_features = embed(features, pool)
         n = min(n_per_class, len(pool))
         fake = sample(label, n)
-        scores = distances(pool_features[:n], embed(features, fake), kid_subsets, kid_subset_size)
+        fake_features = embed(features, fake)
+        scores = distances(pool_features[:n], fake_features, kid_subsets, kid_subset_size)
         scores["agreement"], scores["mean_confidence"] = agreement(features, fake, label)
         half = len(pool) // 2
         floor = distances(pool_features[:half], pool_features[half:], kid_subsets, kid_subset_size)
         scores["fid_real_halves"], scores["kid_real_halves"] = floor["fid"], floor["kid_mean"]
         scores["real_agreement"] = agreement(features, pool[:n], label)[0]
+        if recall_images is not None:
+            scores["real_recall"] = agreement(features, recall_images[recall_labels == label], label)[0]
+            scores["agreement_vs_recall"] = scores["agreement"] / max(scores["real_recall"], 1e-6)
+        scores["diversity"] = diversity(fake_features)
+        scores["real_diversity"] = diversity(pool_features[:n])
         scores["n_real"], scores["n_fake"] = n, len(fake)
         report["per_class"][name] = scores
         log.info("quality %s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()})
     classes = report["per_class"].values()
-    for key in ("fid", "kid_mean", "agreement", "fid_real_halves", "real_agreement"):
+    keys = ("fid", "kid_mean", "agreement", "fid_real_halves", "real_agreement", "diversity", "real_diversity")
+    for key in keys + (("real_recall", "agreement_vs_recall") if recall_images is not None else ()):
         report[f"mean_{key}"] = sum(c[key] for c in classes) / max(len(classes), 1)
+    if recall_images is not None:
+        report["min_agreement_vs_recall"] = min(c["agreement_vs_recall"] for c in classes)
     return report
+
+
+def measure_quality(model, reference, held_out, classifier_ckpt: str, n_per_class: int = 1000, seed: int = 0,
+                    kid_subsets: int = 50, kid_subset_size: int = 200) -> dict:
+    """`quality_report` of `model.sample` (a GAN or a `FaceGenerator`) against the `reference` split
+    (Training: FID/KID/diversity) and the `held_out` split (PublicTest: the classifier's real
+    recall), on the penultimate features of the real-data classifier at `classifier_ckpt`."""
+    if n_per_class < 2:
+        raise FERError(f"quality.n_per_class must be at least 2, got {n_per_class}")
+    classifier, checkpoint = load_classifier(classifier_ckpt)
+    image_size = checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48)
+    features = ClassifierFeatures(classifier.cpu(), image_size=image_size)
+
+    def sample(label: int, count: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed * 1000 + label)
+        chunks = []
+        for start in range(0, count, 256):
+            z = torch.randn(min(256, count - start), model.latent_dim, generator=generator)
+            chunks.append(model.sample(z, torch.full((len(z),), label)).cpu())
+        return torch.cat(chunks)
+
+    report = quality_report(to_float(reference.images), reference.labels, sample, features, n_per_class=n_per_class,
+                            seed=seed, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                            recall_images=to_float(held_out.images) if held_out is not None else None,
+                            recall_labels=held_out.labels if held_out is not None else None)
+    report["classifier_ckpt"] = str(classifier_ckpt)
+    report["features"] = f"penultimate layer ({features.num_features} values) of the real-data classifier, central {image_size}x{image_size} crop"
+    return report
+
+
+def quality_scalars(report: dict) -> dict[str, float]:
+    """The report's numbers as TensorBoard scalar names: quality/<class>/<key> and quality/mean_<key>."""
+    scalars = {f"quality/{name}/{key}": value for name, scores in report["per_class"].items()
+               for key, value in scores.items() if isinstance(value, float)}
+    scalars.update({f"quality/{key}": value for key, value in report.items() if key.startswith(("mean_", "min_"))})
+    return scalars

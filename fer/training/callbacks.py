@@ -1,5 +1,5 @@
 """The Lightning callbacks of the training stages: the run's ETA, curves and confusion matrices of
-a classifier run, sample grids of a GAN run."""
+a classifier run, sample grids and per-class quality of a GAN run."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torchvision.utils import make_grid
 
 from fer import EMOTIONS
 from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
+from fer.reports.gan_quality import measure_quality, quality_scalars
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +126,26 @@ class SampleGrid(L.Callback):
             figure, _ = sample_grid_figure(pl_module, self.per_class, self.seed,
                                            f"after {trainer.current_epoch} epochs: one row per class, fixed latents")
             save(figure, self.path)
+
+
+class GANQuality(L.Callback):
+    """Per-class quality of the sampling generator every `every_n_epochs` epochs (agreement with the
+    real-data classifier at `classifier_ckpt` next to its PublicTest recall, FID, KID, diversity) as
+    TensorBoard scalars `quality/<class>/<key>`: how the conditioning is learnt, class by class.
+    Smaller samples than the end-of-run `quality.json`; `classifier_ckpt` null turns it off."""
+
+    def __init__(self, classifier_ckpt: str | None, every_n_epochs: int = 1, n_per_class: int = 250, seed: int = 0):
+        self.classifier_ckpt, self.every_n_epochs = classifier_ckpt, every_n_epochs
+        self.n_per_class, self.seed = n_per_class, seed
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.classifier_ckpt or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        splits = trainer.datamodule.splits
+        report = measure_quality(pl_module, splits["train"], splits.get("val"), self.classifier_ckpt, self.n_per_class,
+                                 self.seed, kid_subsets=10, kid_subset_size=min(100, self.n_per_class))
+        for logger in trainer.loggers:
+            logger.log_metrics(quality_scalars(report), step=trainer.global_step)
+        log.info("epoch %d quality: agreement %s, FID %s", trainer.current_epoch + 1,
+                 {n: round(c["agreement"], 2) for n, c in report["per_class"].items()},
+                 {n: round(c["fid"], 1) for n, c in report["per_class"].items()})

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Mapping
 
@@ -21,33 +22,32 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from fer import EMOTIONS, FERError
-from fer.checkpoints import file_sha256, read_checkpoint
+from fer.checkpoints import file_sha256
 from fer.data.fer2013 import load_split
-from fer.models.gan import ConditionalGAN
+from fer.models.gan import FaceGenerator, load_generator
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("file", "class", "seed", "generator_sha256")
+TARGETS = {"largest": max, "median": statistics.median_low}
+"""What generate.target_share is a share of: the largest or the median class's real Training count."""
 
 
-def load_gan(path: str | Path) -> tuple[ConditionalGAN, str]:
-    """A GAN of this project and its checkpoint's SHA-256, loaded safely (`weights_only=True`)."""
+def load_gan(path: str | Path) -> tuple[FaceGenerator, str]:
+    """The sampling generator of a GAN checkpoint or of the shipped generator, and the file's SHA-256."""
     try:
-        checkpoint = read_checkpoint(path, {"generator", "discriminator"}, "GAN (fer.models.gan.ConditionalGAN)")
+        return load_generator(path), file_sha256(path)
     except FERError as error:
         raise FERError(f"gan_ckpt: {error}") from error
-    model = ConditionalGAN(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), file_sha256(path)
 
 
 def plan_counts(n_per_class: int | Mapping[str, int] | None, target_share: float | None,
-                real_counts: list[int] | None = None) -> list[int]:
+                real_counts: list[int] | None = None, target_of: str = "largest") -> list[int]:
     """Images to generate per class: a fixed number (one for all, or per class name), or enough to
-    lift each class to `target_share` of the largest class's real count."""
+    lift each class to `target_share` of the `target_of` ("largest" or "median") class's real count."""
     if (n_per_class is None) == (target_share is None):
         raise FERError("generate: set exactly one of generate.n_per_class (a number, or one per class) "
-                       f"and generate.target_share (a share of the largest class), got {n_per_class!r} and {target_share!r}")
+                       f"and generate.target_share (a share of the largest or median class), got {n_per_class!r} and {target_share!r}")
     if n_per_class is not None:
         if isinstance(n_per_class, Mapping):
             unknown = set(n_per_class) - set(EMOTIONS)
@@ -61,9 +61,11 @@ def plan_counts(n_per_class: int | Mapping[str, int] | None, target_share: float
         return counts
     if isinstance(target_share, bool) or not isinstance(target_share, (int, float)) or not 0 < target_share <= 1:
         raise FERError(f"generate.target_share must be a number in (0, 1], got {target_share!r}")
+    if target_of not in TARGETS:
+        raise FERError(f"generate.target_of must be one of {list(TARGETS)}, got {target_of!r}")
     if real_counts is None:
         raise FERError("generate.target_share needs the real Training counts")
-    target = math.ceil(target_share * max(real_counts))
+    target = math.ceil(target_share * TARGETS[target_of](real_counts))
     return [max(0, target - count) for count in real_counts]
 
 
@@ -111,7 +113,7 @@ def generate(cfg: DictConfig) -> dict:
     real_counts = None
     if gen.get("target_share") is not None and n_per_class is None:
         real_counts = load_split(root, "train", cfg.data.cache_dir).class_counts().tolist()
-    wanted = plan_counts(n_per_class, gen.get("target_share"), real_counts)
+    wanted = plan_counts(n_per_class, gen.get("target_share"), real_counts, gen.get("target_of", "largest"))
 
     model, sha = load_gan(cfg.gan_ckpt)
     judge = None

@@ -55,11 +55,22 @@ def compose_stage(name: str) -> DictConfig:
         return compose(config_name=name)
 
 
+def arm_name(cfg: DictConfig) -> str:
+    """The run's row in the ablation table: the balance option, and for `gan` how much was generated
+    and whether the confidence filter kept it."""
+    if cfg.classifier.data.balance != "gan":
+        return cfg.classifier.data.balance
+    gen = cfg.generate
+    amount = (f"{gen.target_share:g} x {gen.get('target_of', 'largest')}" if gen.n_per_class is None
+              else f"n={OmegaConf.to_container(gen.n_per_class) if isinstance(gen.n_per_class, DictConfig) else gen.n_per_class}")
+    return f"gan ({amount})" + (f" + filter {gen.filter_min_conf:g}" if gen.get("filter_min_conf") is not None else "")
+
+
 def pipeline(cfg: DictConfig) -> dict:
     """Run the stages of `cfg` (conf/pipeline.yaml) and return the run's summary."""
     out = Path(cfg.paths.output_dir)
     balance = cfg.classifier.data.balance
-    summary: dict = {"balance": balance, "seed": cfg.seed, "seconds": {}}
+    summary: dict = {"balance": balance, "arm": arm_name(cfg), "seed": cfg.seed, "seconds": {}}
     classifier_cfg = stage_config(cfg, "classifier", out / "classifier", "classifier")
 
     if balance == "gan":

@@ -143,9 +143,9 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
             "size_bytes": model_path.with_suffix(".onnx").stat().st_size, "public_test": figures}
 
 
-def training_record(ckpt_path: Path, training: dict) -> dict:
+def training_record(ckpt_path: Path, training: dict, script: str = "scripts/train.py") -> dict:
     """How the checkpoint was made: the run's Hydra overrides and config (saved by Hydra in the
-    run folder) plus what the run folder cannot know (`training.*`: commit, machine, wall time)."""
+    run folder of `script`) plus what the run folder cannot know (`training.*`: commit, machine, wall time)."""
     hydra_dir = ckpt_path.parent.parent / ".hydra"
     if not (hydra_dir / "config.yaml").is_file():
         raise FERError(f"{ckpt_path} is not inside a Hydra run folder ({hydra_dir} is missing): "
@@ -153,7 +153,7 @@ def training_record(ckpt_path: Path, training: dict) -> dict:
     overrides = OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml"))
     config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"))
     return {
-        "command": " ".join(["python scripts/train.py", *overrides]),
+        "command": " ".join([f"python {script}", *overrides]),
         **training,
         "config": {key: config.get(key) for key in ("seed", "data", "model", "trainer")},
     }

@@ -34,8 +34,9 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[L.LightningDataModule, 
     refuse_ddp_in_a_local_sweep(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
-    # _convert_: the class weights arrive as a plain list, not a ListConfig that weights_only checkpoints refuse
-    model = instantiate(cfg.model, class_weights=datamodule.class_weights, _recursive_=False, _convert_="all")
+    # _convert_: the class weights and offsets arrive as a plain list, not a ListConfig that weights_only checkpoints refuse
+    model = instantiate(cfg.model, class_weights=datamodule.class_weights, logit_adjustment=datamodule.logit_adjustment,
+                        _recursive_=False, _convert_="all")
     return datamodule, model, build_trainer(cfg, **trainer_overrides)
 
 

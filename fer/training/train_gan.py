@@ -8,18 +8,13 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fer import FERError
 from fer.checkpoints import resume_path
-from fer.data.augment import to_float
-from fer.models.classifier import load_classifier
-from fer.models.gan import ConditionalGAN
 from fer.reports.figures import save
-from fer.reports.gan_quality import ClassifierFeatures, quality_report
+from fer.reports.gan_quality import measure_quality, quality_scalars
 from fer.training.callbacks import sample_grid_figure
 from fer.training.train import build_trainer
 
@@ -46,44 +41,17 @@ def train_gan(cfg: DictConfig) -> dict:
 
     quality = None
     if cfg.quality.get("classifier_ckpt"):
-        quality = measure_quality(model, datamodule.splits["train"], cfg.quality, seed=cfg.seed)
+        q = cfg.quality
+        quality = measure_quality(model.cpu().eval(), datamodule.splits["train"], datamodule.splits.get("val"),
+                                  q.classifier_ckpt, int(q.n_per_class), cfg.seed, int(q.kid_subsets), int(q.kid_subset_size))
         (out / "quality.json").write_text(json.dumps(quality, indent=2))
-        scalars = {f"quality/{name}/{key}": value for name, scores in quality["per_class"].items()
-                   for key, value in scores.items() if isinstance(value, float)}
-        scalars.update({f"quality/{k}": v for k, v in quality.items() if k.startswith("mean_")})
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.current_epoch)
+            logger.log_metrics(quality_scalars(quality), step=trainer.global_step)
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
-                                   {f"hp/{k}": v for k, v in quality.items() if k.startswith("mean_")})
+                                   {f"hp/{k}": v for k, v in quality.items() if k.startswith(("mean_", "min_"))})
             logger.save()
         log.info("wrote quality.json (mean FID %.2f, mean agreement %.3f) to %s",
                  quality["mean_fid"], quality["mean_agreement"], out)
     else:
         log.info("quality.classifier_ckpt is not set: FID/KID/agreement skipped")
     return {"ckpt_path": ckpt, "quality": quality}
-
-
-def measure_quality(model: ConditionalGAN, train_split, quality_cfg: DictConfig, seed: int = 0) -> dict:
-    """FID/KID/agreement per class of `model`'s samples against `train_split` (the real Training
-    images), on the penultimate features of the classifier at `quality_cfg.classifier_ckpt`."""
-    classifier, checkpoint = load_classifier(quality_cfg.classifier_ckpt)
-    image_size = checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48)
-    features = ClassifierFeatures(classifier.cpu(), image_size=image_size)
-    model = model.cpu().eval()
-    n = int(quality_cfg.n_per_class)
-    if n < 2:
-        raise FERError(f"quality.n_per_class must be at least 2, got {n}")
-
-    def sample(label: int, count: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed * 1000 + label)
-        chunks = []
-        for start in range(0, count, 256):
-            z = torch.randn(min(256, count - start), model.latent_dim, generator=generator)
-            chunks.append(model.sample(z, torch.full((len(z),), label)))
-        return torch.cat(chunks)
-
-    report = quality_report(to_float(train_split.images), train_split.labels, sample, features, n_per_class=n, seed=seed,
-                            kid_subsets=int(quality_cfg.kid_subsets), kid_subset_size=int(quality_cfg.kid_subset_size))
-    report["classifier_ckpt"] = str(quality_cfg.classifier_ckpt)
-    report["features"] = f"penultimate layer ({features.num_features} values) of the real-data classifier, central {image_size}x{image_size} crop"
-    return report
