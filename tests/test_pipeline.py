@@ -92,6 +92,7 @@ def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
     assert cfg.gan.model._target_ == "fer.models.gan.ConditionalGAN"
     assert cfg.gan.trainer.max_epochs == 3 and cfg.gan.trainer.limit_val_batches == 0
     assert cfg.classifier.data.balance == "oversample" and cfg.gan.data.augment.erase == 0
+    assert cfg.gan.data.balance == "oversample"  # the GAN sees every label equally often, whatever the classifier does
 
     from fer.training.pipeline import stage_config
 

@@ -4,14 +4,14 @@ sampling side: `FaceGenerator`, loaded from a training checkpoint or the shipped
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-from pathlib import Path
 
 from fer import FERError
 from fer.checkpoints import read_checkpoint
