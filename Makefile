@@ -18,8 +18,8 @@ train: install
 		echo "GPU found: the full pipeline (GAN -> synthetic faces -> classifier -> evaluation)"; \
 		$(BIN)/python scripts/pipeline.py $(ARGS); \
 	else \
-		echo "No GPU: experiment=cpu_quick, about 30 min on 2 CPU cores (6 of them aligning the faces on first use)"; \
-		echo "for ~65 % PublicTest accuracy; an ETA follows each epoch. The full pipeline is make train-full."; \
+		echo "No GPU: experiment=cpu_quick, about 40 min on 2 CPU cores (8 of them aligning the faces on first use,"; \
+		echo "29 training) for ~65 % PublicTest accuracy; an ETA follows each epoch. The full pipeline is make train-full."; \
 		$(BIN)/python scripts/train.py experiment=cpu_quick $(ARGS); \
 	fi
 
