@@ -41,7 +41,7 @@ def tiny_classifier() -> EmotionClassifier:
                              optimizer={"_target_": "torch.optim.AdamW", "_partial_": True}).eval()
 
 
-@pytest.mark.parametrize("conditioning", ["projection", "auxiliary"])
+@pytest.mark.parametrize("conditioning", ["projection", "auxiliary", "projection+auxiliary"])
 @pytest.mark.parametrize("spectral_norm", [True, False])
 def test_generator_and_discriminator_shapes_for_each_class(conditioning, spectral_norm):
     g = Generator(latent_dim=16, channels=(32, 16, 8))
@@ -52,13 +52,13 @@ def test_generator_and_discriminator_shapes_for_each_class(conditioning, spectra
         assert images.shape == (3, 1, 48, 48) and images.min() >= -1 and images.max() <= 1
         logits, classes = d(images, labels)
         assert logits.shape == (3,)
-        assert (classes is None) == (conditioning == "projection")
+        assert (classes is None) == ("auxiliary" not in conditioning)
         if classes is not None:
             assert classes.shape == (3, len(EMOTIONS))
     # the label changes the output: the model is class-conditional
     z = torch.randn(1, 16)
     assert not torch.allclose(g.eval()(z, torch.tensor([0])), g(z, torch.tensor([1])))
-    if conditioning == "projection":
+    if "projection" in conditioning:
         x = torch.rand(1, 1, 48, 48)
         assert not torch.allclose(d(x, torch.tensor([0]))[0], d(x, torch.tensor([1]))[0])
 

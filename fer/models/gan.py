@@ -151,10 +151,10 @@ class ConditionalGAN(L.LightningModule):
         self.toggle_optimizer(opt_d)
         seen_real, seen_fake = self._augment(real, fake.detach())
         d_real, cls_real = self.discriminator(seen_real, labels)
-        d_fake, cls_fake = self.discriminator(seen_fake, labels)
+        d_fake, _ = self.discriminator(seen_fake, labels)
         d_loss = self._d_adversarial(d_real, d_fake)
-        if cls_real is not None:  # AC-GAN: D also names the class of real and generated faces
-            d_loss = d_loss + self.hparams.aux_weight * (F.cross_entropy(cls_real, labels) + F.cross_entropy(cls_fake, labels))
+        if cls_real is not None:  # AC-GAN: D also learns to name the class, from real faces only (G cannot collude)
+            d_loss = d_loss + self.hparams.aux_weight * F.cross_entropy(cls_real, labels)
         self._step(opt_d, d_loss)
         self.untoggle_optimizer(opt_d)
 

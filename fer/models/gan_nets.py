@@ -19,7 +19,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 IMAGE_SIZE = 48
 BASE_SIZE = 6  # 6 * 2**3 = 48
-CONDITIONINGS = ("projection", "auxiliary")
+CONDITIONINGS = ("projection", "auxiliary", "projection+auxiliary")
 GENERATOR_CONDITIONINGS = ("concat", "batchnorm")
 
 
@@ -81,7 +81,8 @@ class Discriminator(nn.Module):
     (B, num_classes) or None).
 
     `conditioning="projection"` adds <embed(label), features> to the adversarial logit;
-    `"auxiliary"` adds a class head whose logits the GAN's cross-entropy terms use.
+    `"auxiliary"` adds a class head whose logits the GAN's cross-entropy terms use (AC-GAN);
+    `"projection+auxiliary"` does both.
     """
 
     def __init__(self, num_classes: int = 7, channels: Sequence[int] = (64, 128, 256),
@@ -103,14 +104,12 @@ class Discriminator(nn.Module):
         self.pool = nn.Sequential(nn.Flatten(), norm(nn.Linear(c_in * BASE_SIZE * BASE_SIZE, c_in)),
                                   nn.LeakyReLU(negative_slope, inplace=True))
         self.adversarial = norm(nn.Linear(c_in, 1))
-        if conditioning == "projection":
-            self.embed = norm(nn.Embedding(num_classes, c_in))
-        else:
-            self.classify = norm(nn.Linear(c_in, num_classes))
+        self.embed = norm(nn.Embedding(num_classes, c_in)) if "projection" in conditioning else None
+        self.classify = norm(nn.Linear(c_in, num_classes)) if "auxiliary" in conditioning else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.pool(self.blocks(images))
         logits = self.adversarial(h).squeeze(1)
-        if self.conditioning == "projection":
-            return logits + (self.embed(labels) * h).sum(dim=1), None
-        return logits, self.classify(h)
+        if self.embed is not None:
+            logits = logits + (self.embed(labels) * h).sum(dim=1)
+        return logits, self.classify(h) if self.classify is not None else None
