@@ -23,10 +23,10 @@ train: install
 		$(BIN)/python scripts/train.py experiment=cpu_quick $(ARGS); \
 	fi
 
-# The full pipeline at its defaults, whatever the machine: over two hours on 2 CPU cores
-# (the GAN alone took 77 min there).
+# The full pipeline at its defaults, whatever the machine: well over an hour on 2 CPU cores (the default
+# GAN is 8,960 steps of model=cgan at full width; not timed end to end there since the GAN changed).
 train-full: install
-	@echo "The full pipeline (GAN -> synthetic faces -> classifier -> evaluation): over two hours on 2 CPU cores."
+	@echo "The full pipeline (GAN -> synthetic faces -> classifier -> evaluation): well over an hour on 2 CPU cores."
 	$(BIN)/python scripts/pipeline.py $(ARGS)
 
 test: install
