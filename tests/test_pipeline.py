@@ -25,6 +25,7 @@ def tiny_pipeline_overrides(root) -> list[str]:
         "gan.data.batch_size=16", "gan.trainer.max_epochs=1", "gan.trainer.accelerator=cpu",
         "gan.trainer.enable_progress_bar=false", "gan.trainer.log_every_n_steps=1",
         "gan.model.generator.channels=[16,8,8]", "gan.model.discriminator.channels=[8,8,16]", "gan.model.generator.latent_dim=8",
+        "classifier.data.balance=gan", "generate.filter_min_conf=null",
         "generate.target_share=null", "generate.n_per_class={disgust:5,fear:3}", "generate.batch_size=4",
     ]
 
