@@ -125,7 +125,7 @@ def test_a_sweep_gets_one_folder_per_job(fer_folders, tmp_path):
 def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     cases = [
         (["data.bogus=1"], "Key 'bogus' is not in struct"),
-        (["data.balance=smote"], "error: data.balance='smote': expected one of [none, class_weights, oversample, gan]"),
+        (["data.balance=smote"], "error: data.balance='smote': expected one of [none, class_weights, oversample, logit_adjust, gan]"),
         ([f"data.root={tmp_path / 'nowhere'}"], "error: no FER-2013 found at"),
     ]
     for args, message in cases:
