@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -143,6 +144,21 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
             "size_bytes": model_path.with_suffix(".onnx").stat().st_size, "public_test": figures}
 
 
+LOCAL_PATH = re.compile(r"(?<![\w.$}])/(?:[^\s/'\",]+/)*([^\s/'\",]+)")
+
+
+def portable(value):
+    """A card's strings without this machine's folders: every absolute path becomes `<local>/<its last
+    part>` (a checkpoint's name, the dataset folder's name), so a shipped card names no private path."""
+    if isinstance(value, str):
+        return LOCAL_PATH.sub(r"<local>/\1", value)
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    return value
+
+
 def training_record(ckpt_path: Path, training: dict, script: str = "scripts/train.py") -> dict:
     """How the checkpoint was made: the run's Hydra overrides and config (saved by Hydra in the
     run folder of `script`) plus what the run folder cannot know (`training.*`: commit, machine, wall time)."""
@@ -227,7 +243,7 @@ def ship_model(cfg: DictConfig) -> dict:
             "calibration": {**calibration, "note": "ECE of the adjusted probabilities, at temperature 1 (before) and T (after)"},
             "onnx": onnx,
         }
-        write_text_atomic(json.dumps(card, indent=2) + "\n", Path(tmp) / "model_card.json")
+        write_text_atomic(json.dumps(portable(card), indent=2) + "\n", Path(tmp) / "model_card.json")
         for name in ("emotion_classifier.ckpt", "emotion_classifier.onnx", "model_card.json"):
             if (Path(tmp) / name).exists():
                 os.replace(Path(tmp) / name, out_dir / name)

@@ -16,7 +16,7 @@ from fer import EMOTIONS, FERError
 from fer.checkpoints import file_sha256, read_checkpoint
 from fer.data.fer2013 import save_atomic, write_text_atomic
 from fer.models.gan import load_generator
-from fer.training.ship import training_record
+from fer.training.ship import portable, training_record
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def ship_generator(cfg: DictConfig) -> dict:
                 **{key: value for key, value in quality.items() if key.startswith(("mean_", "min_"))},
             },
         }
-        write_text_atomic(json.dumps(card, indent=2) + "\n", Path(tmp) / CARD_FILE)
+        write_text_atomic(json.dumps(portable(card), indent=2) + "\n", Path(tmp) / CARD_FILE)
         for name in (GENERATOR_FILE, CARD_FILE):
             os.replace(Path(tmp) / name, out_dir / name)
     log.info("wrote %s (%.1f MiB) and %s", out_dir / GENERATOR_FILE, card["size_bytes"] / 2**20, out_dir / CARD_FILE)
