@@ -4,6 +4,7 @@ plain network built from its config."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from fer import EMOTIONS
 from fer.checkpoints import read_checkpoint
-from fer.data.augment import batch_mix
+from fer.data.augment import batch_mix, center_crop
 
 PIXEL_MEAN, PIXEL_STD = 0.5077, 0.2550
 """FER-2013 Training pixel statistics (on [0, 1] images): inputs are standardised with them."""
@@ -158,3 +160,59 @@ def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
     model = EmotionClassifier(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
+
+
+class ClassifierFeatures(nn.Module):
+    """(B, 1, 48, 48) faces in [0, 1] -> the classifier's penultimate activations (B, d), seen as
+    the classifier was evaluated (central `image_size` crop, its standardisation). Always in eval
+    mode and frozen: torchmetrics' `.train()` calls do not reach it, and in a GAN's feature
+    discriminator only the images it is given get gradients."""
+
+    def __init__(self, classifier: EmotionClassifier, image_size: int = 48):
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.image_size = image_size
+        net = classifier.net
+        if hasattr(net, "penultimate"):
+            self._embed: Callable[[torch.Tensor], torch.Tensor] = net.penultimate
+        else:  # any net: the input of its last linear layer
+            last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+            self._embed = lambda x: self._hooked(net, last, x)
+        with torch.no_grad():
+            self.num_features = int(self(torch.rand(2, 1, 48, 48)).shape[1])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> ClassifierFeatures:
+        """The view of a classifier checkpoint at the image size it was trained on."""
+        classifier, checkpoint = load_classifier(path)
+        return cls(classifier, checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48))
+
+    @staticmethod
+    def _hooked(net: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        captured = []
+        handle = layer.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+        try:
+            net(x)
+        finally:
+            handle.remove()
+        return captured[0]
+
+    def train(self, mode: bool = True) -> ClassifierFeatures:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate activations, differentiable with respect to `images` (a GAN's feature
+        discriminator). Eval mode is set again on every call: Lightning restores its own record of
+        each submodule's mode."""
+        self.eval()
+        x = self.classifier.standardize(center_crop(images.float(), self.image_size))
+        return self._embed(x).flatten(1).float()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, 7) of the same view."""
+        return self.classifier(center_crop(images.float(), self.image_size)).softmax(dim=1)

@@ -15,52 +15,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from fer import EMOTIONS, FERError
-from fer.data.augment import center_crop, to_float
-from fer.models.classifier import EmotionClassifier, load_classifier
+from fer.data.augment import to_float
+from fer.models.classifier import ClassifierFeatures
 
 log = logging.getLogger(__name__)
-
-
-class ClassifierFeatures(nn.Module):
-    """(B, 1, 48, 48) faces in [0, 1] -> the classifier's penultimate activations (B, d), seen as
-    the classifier was evaluated (central `image_size` crop, its standardisation). Always in eval
-    mode: torchmetrics' `.train()` calls do not reach it."""
-
-    def __init__(self, classifier: EmotionClassifier, image_size: int = 48):
-        super().__init__()
-        self.classifier = classifier.eval()
-        self.image_size = image_size
-        net = classifier.net
-        if hasattr(net, "penultimate"):
-            self._embed: Callable[[torch.Tensor], torch.Tensor] = net.penultimate
-        else:  # any net: the input of its last linear layer
-            last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
-            self._embed = lambda x: self._hooked(net, last, x)
-        with torch.no_grad():
-            self.num_features = int(self(torch.rand(2, 1, 48, 48)).shape[1])
-
-    @staticmethod
-    def _hooked(net: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        captured = []
-        handle = layer.register_forward_hook(lambda module, args, output: captured.append(args[0]))
-        try:
-            net(x)
-        finally:
-            handle.remove()
-        return captured[0]
-
-    def train(self, mode: bool = True) -> ClassifierFeatures:
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.classifier.standardize(center_crop(images.float(), self.image_size))
-        return self._embed(x).flatten(1).float()
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B, 7) of the same view."""
-        return self.classifier(center_crop(images.float(), self.image_size)).softmax(dim=1)
 
 
 class Precomputed(nn.Module):
@@ -110,6 +68,10 @@ def diversity(features: torch.Tensor, max_items: int = 500) -> float:
     return float(torch.cdist(features, features).sum() / (n * (n - 1))) if n > 1 else 0.0
 
 
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return to_float(images) if images.dtype == torch.uint8 else images
+
+
 def quality_report(
     real_images: torch.Tensor,
     real_labels: torch.Tensor,
@@ -122,9 +84,10 @@ def quality_report(
     recall_images: torch.Tensor | None = None,
     recall_labels: torch.Tensor | None = None,
 ) -> dict:
-    """Per class and averaged over classes: `real_images` (N, 1, 48, 48) in [0, 1] with
-    `real_labels`; `sample(label, n)` returns n generated faces of that class. Each class compares
-    n = min(n_per_class, real count) real and as many generated faces. The real-data floor
+    """Per class and averaged over classes: `real_images` (N, 1, 48, 48) in [0, 1], or the uint8
+    (N, 48, 48) faces of a split (each class's pool is converted alone), with `real_labels`;
+    `sample(label, n)` returns n generated faces of that class. Each class compares n =
+    min(n_per_class, real count) real and as many generated faces. The real-data floor
     (`fid_real_halves`, `kid_real_halves`): the same distances between two disjoint halves of the
     real class, what a perfect generator would score with about as many samples. With
     `recall_images` (faces the classifier did not train on, e.g. PublicTest) `real_recall` is its
@@ -136,7 +99,7 @@ def quality_report(
         if len(pool) < 4:
             log.warning("quality: %s has %d real images, skipped", name, len(pool))
             continue
-        pool = pool[torch.randperm(len(pool), generator=generator)[: 2 * n_per_class]]
+        pool = _as_float(pool[torch.randperm(len(pool), generator=generator)[: 2 * n_per_class]])
         pool_features = embed(features, pool)
         n = min(n_per_class, len(pool))
         fake = sample(label, n)
@@ -148,7 +111,7 @@ def quality_report(
         scores["fid_real_halves"], scores["kid_real_halves"] = floor["fid"], floor["kid_mean"]
         scores["real_agreement"] = agreement(features, pool[:n], label)[0]
         if recall_images is not None:
-            scores["real_recall"] = agreement(features, recall_images[recall_labels == label], label)[0]
+            scores["real_recall"] = agreement(features, _as_float(recall_images[recall_labels == label]), label)[0]
             scores["agreement_vs_recall"] = scores["agreement"] / max(scores["real_recall"], 1e-6)
         scores["diversity"] = diversity(fake_features)
         scores["real_diversity"] = diversity(pool_features[:n])
@@ -171,9 +134,7 @@ def measure_quality(model, reference, held_out, classifier_ckpt: str, n_per_clas
     recall), on the penultimate features of the real-data classifier at `classifier_ckpt`."""
     if n_per_class < 2:
         raise FERError(f"quality.n_per_class must be at least 2, got {n_per_class}")
-    classifier, checkpoint = load_classifier(classifier_ckpt)
-    image_size = checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48)
-    features = ClassifierFeatures(classifier.cpu(), image_size=image_size)
+    features = ClassifierFeatures.from_checkpoint(classifier_ckpt)
 
     def sample(label: int, count: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed * 1000 + label)
@@ -183,12 +144,12 @@ def measure_quality(model, reference, held_out, classifier_ckpt: str, n_per_clas
             chunks.append(model.sample(z, torch.full((len(z),), label)).cpu())
         return torch.cat(chunks)
 
-    report = quality_report(to_float(reference.images), reference.labels, sample, features, n_per_class=n_per_class,
+    report = quality_report(reference.images, reference.labels, sample, features, n_per_class=n_per_class,
                             seed=seed, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                            recall_images=to_float(held_out.images) if held_out is not None else None,
+                            recall_images=held_out.images if held_out is not None else None,
                             recall_labels=held_out.labels if held_out is not None else None)
     report["classifier_ckpt"] = str(classifier_ckpt)
-    report["features"] = f"penultimate layer ({features.num_features} values) of the real-data classifier, central {image_size}x{image_size} crop"
+    report["features"] = f"penultimate layer ({features.num_features} values) of the real-data classifier, central {features.image_size}x{features.image_size} crop"
     return report
 
 

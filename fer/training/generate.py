@@ -123,11 +123,9 @@ def generate(cfg: DictConfig) -> dict:
             raise FERError(f"generate.filter_min_conf must be in (0, 1] or null, got {min_conf!r}")
         if not gen.get("classifier_ckpt"):
             raise FERError("generate.filter_min_conf needs generate.classifier_ckpt (a classifier trained on real data)")
-        from fer.models.classifier import load_classifier
-        from fer.reports.gan_quality import ClassifierFeatures
+        from fer.models.classifier import ClassifierFeatures
 
-        classifier, checkpoint = load_classifier(gen.classifier_ckpt)
-        judge = ClassifierFeatures(classifier, checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48))
+        judge = ClassifierFeatures.from_checkpoint(gen.classifier_ckpt)
     batch_size = int(gen.batch_size)
     max_attempts = int(gen.get("max_attempts_factor", 20))
 
