@@ -161,6 +161,7 @@ class Gan:
     label_smoothing: float = expect("a number in [0, 1)", lambda v: 0 <= v < 1)
     ema_decay: Optional[float] = expect("a decay in [0, 1) or null", lambda v: 0 <= v < 1)
     aux_weight: float = non_negative()
+    feature_weight: float = non_negative()
 
 
 @dataclass

@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from fer import EMOTIONS, FERError
-from fer.reports.gan_quality import ClassifierFeatures, distances, embed, quality_report
-from fer.training.generate import generate, load_gan, plan_counts
-from fer.models.classifier import EmotionClassifier
+from fer.models.classifier import ClassifierFeatures, EmotionClassifier
 from fer.models.diffaugment import DiffAugment
 from fer.models.gan import ConditionalGAN, FaceGenerator
 from fer.models.gan_nets import Discriminator, Generator
+from fer.reports.gan_quality import distances, embed, quality_report
+from fer.training.generate import generate, load_gan, plan_counts
 from fer.training.train_gan import train_gan
 
 from conftest import REPO, compose_config, run_script, write_folders
@@ -39,6 +39,13 @@ def tiny_gan(**options) -> ConditionalGAN:
 def tiny_classifier() -> EmotionClassifier:
     return EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[8], [16]], "dense": 16},
                              optimizer={"_target_": "torch.optim.AdamW", "_partial_": True}).eval()
+
+
+def save_classifier(classifier: EmotionClassifier, path) -> str:
+    """A classifier checkpoint as training writes one (weights, hyperparameters, image size)."""
+    torch.save({"state_dict": classifier.state_dict(), "hyper_parameters": dict(classifier.hparams),
+                "datamodule_hyper_parameters": {"image_size": 48}}, path)
+    return str(path)
 
 
 @pytest.mark.parametrize("conditioning", ["projection", "auxiliary", "projection+auxiliary"])
@@ -137,6 +144,30 @@ def test_a_gan_with_diffaugment_and_two_learning_rates_steps(tmp_path):
     assert trainer.global_step == 2
 
 
+def test_a_feature_discriminator_trains_its_head_on_a_frozen_classifier_and_teaches_the_generator(tmp_path):
+    import lightning as L
+
+    torch.manual_seed(0)
+    gan = tiny_gan(feature_ckpt=save_classifier(tiny_classifier(), tmp_path / "classifier.ckpt"), ema_decay=None)
+    frozen = {k: v.clone() for k, v in gan.features.state_dict().items()}
+    head = {k: v.detach().clone() for k, v in gan.feature_critic.named_parameters()}
+
+    # the head reads the label (projection), and its verdict reaches G through the frozen classifier
+    fake, labels = gan.generator(torch.randn(14, 8), torch.arange(14) % 7), torch.arange(14) % 7
+    logits = gan._feature_logits(fake, labels)
+    assert not torch.allclose(logits, gan._feature_logits(fake, (labels + 1) % 7))
+    logits.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gan.generator.parameters())
+    assert all(p.grad is None for p in gan.features.parameters())
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(28, 1, 48, 48), torch.arange(28) % 7), batch_size=14)
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(gan, data)
+    # D's optimiser trains the head; the classifier's weights and BatchNorm statistics never move (eval mode)
+    assert all(not torch.equal(v, head[k]) for k, v in gan.feature_critic.named_parameters() if not k.endswith("bias"))
+    assert all(torch.equal(v, frozen[k]) for k, v in gan.features.state_dict().items())
+
+
 def test_bad_gan_options_are_refused():
     with pytest.raises(FERError, match="model.loss must be one of"):
         tiny_gan(loss="wasserstein")
@@ -144,6 +175,8 @@ def test_bad_gan_options_are_refused():
         tiny_gan(discriminator={"conditioning": "concat"})
     with pytest.raises(FERError, match="model.ema_decay"):
         tiny_gan(ema_decay=1.5)
+    with pytest.raises(FERError, match="model.feature_weight"):
+        tiny_gan(feature_weight=-1)
     with pytest.raises(FERError, match="model.diffaugment: .*unknown transforms"):
         tiny_gan(diffaugment={"_target_": "fer.models.diffaugment.DiffAugment", "policy": ["hue"]})
 
@@ -249,9 +282,7 @@ def test_generate_to_a_target_share_and_with_the_confidence_filter(tmp_path, gan
     assert [report["per_class"][name]["kept"] for name in EMOTIONS] == [4, 4, 4, 0, 4, 4, 4]
 
     classifier = tiny_classifier()
-    clf_path = tmp_path / "clf.ckpt"
-    torch.save({"state_dict": classifier.state_dict(), "hyper_parameters": dict(classifier.hparams),
-                "datamodule_hyper_parameters": {"image_size": 48}}, clf_path)
+    clf_path = save_classifier(classifier, tmp_path / "clf.ckpt")
     report = generate(generate_config(root, tmp_path / "b", gan_ckpt, n_per_class=2, filter_min_conf=0.01,
                                       classifier_ckpt=str(clf_path), max_attempts_factor=3))
     judge = ClassifierFeatures(classifier, 48)

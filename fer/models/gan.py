@@ -15,7 +15,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fer import FERError
 from fer.checkpoints import read_checkpoint
-from fer.models.classifier import _plain
+from fer.models.classifier import ClassifierFeatures, _plain
+from fer.models.gan_nets import FeatureCritic
 
 LOSSES = ("hinge", "bce")
 
@@ -29,8 +30,21 @@ def _build(key: str, config: dict) -> torch.nn.Module:
         raise FERError(f"{key}: {cause}") from error
 
 
+@torch.no_grad()
+def draw(net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 48, 48) faces in [0, 1] from a generator net in eval mode (BatchNorm's running
+    statistics, not the batch's), on the net's device; the net's mode is restored afterwards."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        return (net(z.to(device), labels.to(device)) + 1) / 2
+    finally:
+        net.train(was_training)
+
+
 class FaceGenerator(torch.nn.Module):
-    """A generator net in eval mode, for sampling: (z, labels) -> (B, 1, 48, 48) faces in [0, 1]."""
+    """A generator net for sampling only: (z, labels) -> (B, 1, 48, 48) faces in [0, 1]."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
@@ -40,13 +54,8 @@ class FaceGenerator(torch.nn.Module):
     def latent_dim(self) -> int:
         return self.net.latent_dim
 
-    def train(self, mode: bool = True) -> FaceGenerator:
-        return super().train(False)
-
-    @torch.no_grad()
     def sample(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        return (self.net(z.to(device), labels.to(device)) + 1) / 2
+        return draw(self.net, z, labels)
 
 
 def load_generator(path: str | Path) -> FaceGenerator:
@@ -89,6 +98,8 @@ class ConditionalGAN(L.LightningModule):
         diffaugment: dict | None = None,
         lr: float | None = None,    # G's learning rate (the optimiser configs interpolate it)
         lr_d: float | None = None,  # D's, when it differs (two time-scale update rule)
+        feature_ckpt: str | None = None,
+        feature_weight: float = 1.0,
     ):
         super().__init__()
         generator, discriminator, optimizer_g, optimizer_d, diffaugment = (
@@ -99,11 +110,15 @@ class ConditionalGAN(L.LightningModule):
             raise FERError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise FERError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if feature_weight < 0:
+            raise FERError(f"model.feature_weight must be >= 0, got {feature_weight}")
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
         self.generator = _build("model.generator", generator)
         self.discriminator = _build("model.discriminator", discriminator)
         self.augment = _build("model.diffaugment", diffaugment) if diffaugment else None
+        self.features = ClassifierFeatures.from_checkpoint(feature_ckpt) if feature_ckpt else None
+        self.feature_critic = FeatureCritic(self.features.num_features, self.num_classes) if self.features else None
         self.ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
                     if ema_decay is not None else None)
         if self.ema is not None:
@@ -117,15 +132,9 @@ class ConditionalGAN(L.LightningModule):
     def num_classes(self) -> int:
         return self.generator.num_classes
 
-    @torch.no_grad()
     def sample(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, 1, 48, 48) faces in [0, 1] from the EMA generator (the raw one without EMA), in eval mode."""
-        net = self.ema.module if self.ema is not None else self.generator
-        was_training = net.training
-        net.eval()
-        images = net(z.to(self.device), labels.to(self.device))
-        net.train(was_training)
-        return (images + 1) / 2
+        return draw(self.ema.module if self.ema is not None else self.generator, z, labels)
 
     # -- losses ----------------------------------------------------------------------------------
     def _d_adversarial(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -155,15 +164,21 @@ class ConditionalGAN(L.LightningModule):
         d_loss = self._d_adversarial(d_real, d_fake)
         if cls_real is not None:  # AC-GAN: D also learns to name the class, from real faces only (G cannot collude)
             d_loss = d_loss + self.hparams.aux_weight * F.cross_entropy(cls_real, labels)
+        if self.feature_critic is not None:  # the second discriminator, on the frozen classifier's features
+            d_loss = d_loss + self.hparams.feature_weight * self._d_adversarial(
+                self._feature_logits(seen_real, labels), self._feature_logits(seen_fake, labels))
         self._step(opt_d, d_loss)
         self.untoggle_optimizer(opt_d)
 
         # generator: fool the updated D on the same latent batch
         self.toggle_optimizer(opt_g)
-        g_fake, g_cls = self.discriminator(self._augment(fake)[0], labels)
+        g_seen = self._augment(fake)[0]
+        g_fake, g_cls = self.discriminator(g_seen, labels)
         g_loss = self._g_adversarial(g_fake)
         if g_cls is not None:
             g_loss = g_loss + self.hparams.aux_weight * F.cross_entropy(g_cls, labels)
+        if self.feature_critic is not None:
+            g_loss = g_loss + self.hparams.feature_weight * self._g_adversarial(self._feature_logits(g_seen, labels))
         self._step(opt_g, g_loss)
         self.untoggle_optimizer(opt_g)
         if self.ema is not None:
@@ -171,6 +186,10 @@ class ConditionalGAN(L.LightningModule):
 
         self.log_dict({"gan/d_loss": d_loss, "gan/g_loss": g_loss}, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict({"gan/d_real": d_real.mean(), "gan/d_fake": d_fake.mean()}, on_step=True, on_epoch=True)
+
+    def _feature_logits(self, seen: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The feature discriminator's logits for faces in [-1, 1] (the classifier reads [0, 1])."""
+        return self.feature_critic(self.features.features((seen + 1) / 2), labels)
 
     def _augment(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What D sees: the batches under one sampled DiffAugment transform (unchanged without one)."""
@@ -185,5 +204,6 @@ class ConditionalGAN(L.LightningModule):
 
     def configure_optimizers(self):
         opt_g = instantiate(self.hparams.optimizer_g)(params=self.generator.parameters())
-        opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
+        critics = [self.discriminator] + ([self.feature_critic] if self.feature_critic is not None else [])
+        opt_d = instantiate(self.hparams.optimizer_d)(params=[p for critic in critics for p in critic.parameters()])
         return opt_g, opt_d

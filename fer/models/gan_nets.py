@@ -113,3 +113,21 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             logits = logits + (self.embed(labels) * h).sum(dim=1)
         return logits, self.classify(h) if self.classify is not None else None
+
+
+class FeatureCritic(nn.Module):
+    """The trainable head of a second discriminator that sees faces through a frozen real-data
+    classifier (vision-aided GAN, Kumari et al. 2022): features (B, d) and labels (B,) ->
+    adversarial logits (B,), with the same label projection and spectral norm as `Discriminator`.
+    Its features already separate the expressions, so a generated face whose features do not
+    match its label is told apart from real ones within a few hundred steps."""
+
+    def __init__(self, num_features: int, num_classes: int = 7, hidden: int = 256, negative_slope: float = 0.2):
+        super().__init__()
+        self.hidden = nn.Sequential(_spectral_norm(nn.Linear(num_features, hidden)), nn.LeakyReLU(negative_slope))
+        self.adversarial = _spectral_norm(nn.Linear(hidden, 1))
+        self.embed = _spectral_norm(nn.Embedding(num_classes, hidden))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(features)
+        return self.adversarial(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
