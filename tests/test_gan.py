@@ -377,11 +377,13 @@ def test_the_hydra_entries_train_ship_and_generate_from_a_generator(fer_folders,
                         cwd=tmp_path)
     card = json.loads((assets / "gan_card.json").read_text())
     assert card["training"]["command"].startswith("python scripts/train_gan.py data.root=<local>/fer2013")  # no private path
+    # model=cgan's feature discriminator looks through the shipped small classifier, named inside the package
+    assert card["training"]["config"]["model"]["feature_ckpt"] == "${paths.assets}/feature_classifier/emotion_classifier.ckpt"
     assert card["training"]["generator_steps"] == 84 // 16 and card["training"]["commit"] == "abc123"
     assert set(card["quality"]["per_class"]) == set(EMOTIONS) and "agreement=" in result.stdout
     assert card["weights"] == "the EMA copy of G" and card["size_bytes"] == (assets / "gan_generator.ckpt").stat().st_size
     shipped = torch.load(assets / "gan_generator.ckpt", weights_only=True)
-    assert not any("discriminator" in k or k.startswith("ema.") for k in shipped["state_dict"])  # G alone
+    assert not any("discriminator" in k or k.startswith(("ema.", "feature")) for k in shipped["state_dict"])  # G alone
 
     run_script("generate.py", [f"gan_ckpt={assets / 'gan_generator.ckpt'}", f"data.root={fer_folders}",
                                "generate.target_share=null", "generate.n_per_class={disgust:3,happy:2}",

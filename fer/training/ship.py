@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error, multiclass_f1_score
 
-from fer import EMOTIONS, FERError
+from fer import ASSETS, EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
 from fer.data.fer2013 import save_atomic, write_text_atomic
@@ -144,14 +144,15 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
             "size_bytes": model_path.with_suffix(".onnx").stat().st_size, "public_test": figures}
 
 
-LOCAL_PATH = re.compile(r"(?<![\w.$}])/(?:[^\s/'\",]+/)*([^\s/'\",]+)")
+LOCAL_PATH = re.compile(r"(?<![\w.$}>])/(?:[^\s/'\",]+/)*([^\s/'\",]+)")
 
 
 def portable(value):
-    """A card's strings without this machine's folders: every absolute path becomes `<local>/<its last
-    part>` (a checkpoint's name, the dataset folder's name), so a shipped card names no private path."""
+    """A card's strings without this machine's folders: a path inside the package's assets becomes
+    `<fer/assets>/<its path there>`, every other absolute path `<local>/<its last part>` (a
+    checkpoint's name, the dataset folder's name), so a shipped card names no private path."""
     if isinstance(value, str):
-        return LOCAL_PATH.sub(r"<local>/\1", value)
+        return LOCAL_PATH.sub(r"<local>/\1", value.replace(str(ASSETS), "<fer/assets>"))
     if isinstance(value, dict):
         return {key: portable(item) for key, item in value.items()}
     if isinstance(value, list):
