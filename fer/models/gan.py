@@ -81,7 +81,10 @@ class ConditionalGAN(L.LightningModule):
     targets (BCE only), spectral norm (in the discriminator's config), `diffaugment` (a Hydra config
     of `fer.models.diffaugment.DiffAugment`: every image D sees, real or generated, is augmented;
     null: none), two learning rates (`lr` for G, `lr_d` for D, which the optimiser configs use),
-    `ema_decay` (an EMA copy of G that `sample` uses; null: sample the raw G), `clip_grad_norm`.
+    `ema_decay` (an EMA copy of G that `sample` uses; null: sample the raw G), `clip_grad_norm`, and
+    `feature_ckpt`: a real-data classifier checkpoint whose frozen penultimate features feed a second,
+    trainable discriminator head (`FeatureCritic`, vision-aided GAN), its losses weighted by
+    `feature_weight` and added to D's and G's.
     """
 
     def __init__(
