@@ -25,7 +25,7 @@ def tiny_pipeline_overrides(root) -> list[str]:
         "gan.data.batch_size=16", "gan.trainer.max_epochs=1", "gan.trainer.accelerator=cpu",
         "gan.trainer.enable_progress_bar=false", "gan.trainer.log_every_n_steps=1",
         "gan.model.generator.channels=[16,8,8]", "gan.model.discriminator.channels=[8,8,16]", "gan.model.generator.latent_dim=8",
-        "classifier.data.balance=gan", "generate.filter_min_conf=null",
+        "classifier.data.balance=gan", "gan.ckpt_path=null", "generate.filter_min_conf=null",
         "generate.target_share=null", "generate.n_per_class={disgust:5,fear:3}", "generate.batch_size=4",
     ]
 
@@ -79,6 +79,14 @@ def test_balance_gan_without_synthetic_folders_is_refused(fer_folders, tmp_path)
     module.setup("fit")
     assert len(module.splits["train"]) == 7 * 12 + 7 * 8 and len(module.splits["val"]) == 7 * 4
     assert module.class_weights is None
+
+
+def test_the_pipeline_defaults_to_the_ablations_best_arm_with_the_shipped_generator(tmp_path):
+    from fer import ASSETS
+
+    cfg = compose_config("pipeline", tmp_path)
+    assert cfg.classifier.data.balance == "gan" and cfg.gan.ckpt_path == str(ASSETS / "gan_generator.ckpt")
+    assert (cfg.generate.target_share, cfg.generate.target_of, cfg.generate.filter_min_conf) == (0.5, "median", 0.6)
 
 
 def test_pipeline_config_keeps_gan_and_classifier_subtrees_apart(tmp_path):
