@@ -164,9 +164,9 @@ def load_classifier(path: str | Path) -> tuple[EmotionClassifier, dict]:
 
 class ClassifierFeatures(nn.Module):
     """(B, 1, 48, 48) faces in [0, 1] -> the classifier's penultimate activations (B, d), seen as
-    the classifier was evaluated (central `image_size` crop, its standardisation). Always in eval
-    mode and frozen: torchmetrics' `.train()` calls do not reach it, and in a GAN's feature
-    discriminator only the images it is given get gradients."""
+    the classifier was evaluated (central `image_size` crop, its standardisation). Frozen, and in
+    eval mode whenever it reads faces: in a GAN's feature discriminator only the images it is given
+    get gradients, and its BatchNorm statistics never move."""
 
     def __init__(self, classifier: EmotionClassifier, image_size: int = 48):
         super().__init__()
@@ -197,8 +197,11 @@ class ClassifierFeatures(nn.Module):
             handle.remove()
         return captured[0]
 
-    def train(self, mode: bool = True) -> ClassifierFeatures:
-        return super().train(False)
+    def _view(self, images: torch.Tensor) -> torch.Tensor:
+        """The central crop the classifier reads. Eval mode is set on every call, not once: inside a
+        LightningModule, Lightning sets each submodule's mode from its own record."""
+        self.eval()
+        return center_crop(images.float(), self.image_size)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,13 +209,10 @@ class ClassifierFeatures(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The penultimate activations, differentiable with respect to `images` (a GAN's feature
-        discriminator). Eval mode is set again on every call: Lightning restores its own record of
-        each submodule's mode."""
-        self.eval()
-        x = self.classifier.standardize(center_crop(images.float(), self.image_size))
-        return self._embed(x).flatten(1).float()
+        discriminator)."""
+        return self._embed(self.classifier.standardize(self._view(images))).flatten(1).float()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, 7) of the same view."""
-        return self.classifier(center_crop(images.float(), self.image_size)).softmax(dim=1)
+        return self.classifier(self._view(images)).softmax(dim=1)
