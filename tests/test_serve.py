@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")  # what Starlette's TestClient uses
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fer import EMOTION_COLORS, EMOTIONS, Recognizer  # noqa: E402
@@ -81,8 +82,9 @@ def test_an_image_without_a_face_is_a_valid_empty_answer(client):
         assert response.json()["faces"] == [] and response.json()["image"] == {"width": 160, "height": 120}
 
 
-def test_a_face_comes_back_in_the_schema_of_predictions_json(client, face_photo):
-    response = client.post("/v1/predict", files={"image": ("face.png", face_photo.read_bytes(), "image/png")})
+@pytest.mark.parametrize("field", ["image", "file"])  # `file`: what curl -F and many tutorials send
+def test_a_face_comes_back_in_the_schema_of_predictions_json(client, face_photo, field):
+    response = client.post("/v1/predict", files={field: ("face.png", face_photo.read_bytes(), "image/png")})
     assert response.status_code == 200, response.text
     (face,) = response.json()["faces"]
     assert set(face) == {f.name for f in fields(FaceRecord)}
@@ -94,7 +96,9 @@ def test_a_face_comes_back_in_the_schema_of_predictions_json(client, face_photo)
 @pytest.mark.parametrize(("request_kwargs", "status", "message"), [
     ({"content": b"hello, not an image", "headers": {"content-type": "image/png"}}, 415, "not an image"),
     ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty body"),
-    ({"files": {"picture": ("x.png", b"123", "image/png")}}, 400, "without a file field named 'image'"),
+    ({"content": b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--b--\r\n',  # a form without a file
+      "headers": {"content-type": "multipart/form-data; boundary=b"}}, 400, "0 file parts (parts seen: 'note')"),
+    ({"files": [("a", ("a.png", b"1", "image/png")), ("b", ("b.png", b"2", "image/png"))]}, 400, "2 file parts (parts seen: 'a', 'b')"),
     ({"content": png(noise(400, 600)), "headers": {"content-type": "image/png"}}, 413, "over the limit of 200000"),
     ({"content": png_claiming(20000, 20000), "headers": {"content-type": "image/png"}}, 413, "decompression-bomb"),
     ({"content": png_claiming(8000, 6000), "headers": {"content-type": "image/png"}}, 413, "8000x6000 pixels is over"),
@@ -123,6 +127,21 @@ def test_the_pool_refuses_beyond_workers_plus_queue():
         assert await asyncio.gather(*running) == [True, True]
         assert await pool.run(lambda: "again") == "again"
     asyncio.run(scenario())
+
+
+def test_a_bad_or_busy_port_is_one_line_and_exit_code_2(capsys):
+    from fer.app.serve import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        for port, message in ((99999, "--port 99999: expected a port number in 1-65535"),
+                              (0, "--port 0: expected a port number in 1-65535"),
+                              (busy, f"--port {busy} on 127.0.0.1: already in use")):
+            assert main(["--port", str(port)]) == 2
+            err = capsys.readouterr().err
+            assert err == f"error: {message}\n"
 
 
 # -- the page in a real browser ----------------------------------------------------------------------

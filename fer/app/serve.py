@@ -2,7 +2,7 @@
 
     fer-serve [--host 127.0.0.1] [--port 8000] [--model PATH]
 
-POST /v1/predict (a multipart `image` field, or the raw image bytes as the body) returns one record
+POST /v1/predict (a multipart body with one file, whatever its field's name, or the raw image bytes as the body) returns one record
 per face in the schema of fer-predict's predictions.json; GET /v1/model the model card; GET /healthz;
 GET / the page; GET /docs FastAPI's own. The model is loaded once; inference runs in a bounded pool
 of worker threads, and a request that finds the pool and its queue full gets 503 at once, so memory
@@ -11,9 +11,11 @@ stays bounded under any load. Needs the `serve` extra: pip install -e '.[serve]'
 
 import argparse
 import asyncio
+import errno
 import io
 import json
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -56,7 +58,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise BadImage(400, "empty body: send an image (multipart field 'image', or the raw bytes)")
+        raise BadImage(400, "empty body: send an image (one multipart file, or the raw bytes)")
     if len(data) > limits.max_upload_bytes:
         raise BadImage(413, f"upload of {len(data)} bytes is over the limit of {limits.max_upload_bytes}")
     try:
@@ -126,16 +128,18 @@ def create_app(recognizer: Recognizer, limits: Limits | None = None):
 
     @app.post("/v1/predict")
     async def predict_route(request: Request):
-        """One image: multipart/form-data with an `image` field, or the raw bytes as the body."""
+        """One image: multipart/form-data with one file part (`image`, `file`, any name), or the raw
+        bytes as the body."""
         declared = int(request.headers.get("content-length") or 0)
         if declared > limits.max_upload_bytes + 64 * 1024:  # refuse before reading a huge body
             return error(413, f"upload of {declared} bytes is over the limit of {limits.max_upload_bytes}")
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                return error(400, "multipart upload without a file field named 'image'")
-            data = await upload.read()
+            files = [(name, part) for name, part in form.multi_items() if not isinstance(part, str)]
+            if len(files) != 1:
+                seen = ", ".join(repr(name) for name, _ in form.multi_items()) or "none"
+                return error(400, f"multipart upload with {len(files)} file parts (parts seen: {seen}): send exactly one image file")
+            data = await files[0][1].read()
         else:
             data = await request.body()
         try:
@@ -166,7 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get 503")
     parser.add_argument("--min-face", type=int, default=40, metavar="PX", help="smallest face size in pixels")
     args = parser.parse_args(argv)
-    for name in ("port", "workers", "max_upload_mb"):
+    for name in ("workers", "max_upload_mb"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.queue < 0:
@@ -183,13 +187,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: fer-serve needs the serve extra: pip install -e '.[serve]'", file=sys.stderr)
         return 1
     try:
+        listening_socket = bind(args.host, args.port)
         recognizer = Recognizer(args.model, min_face_size=args.min_face)
     except (FERError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), workers=args.workers, queue=args.queue)
-    uvicorn.run(create_app(recognizer, limits), host=args.host, port=args.port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(create_app(recognizer, limits), host=args.host, port=args.port, log_level="info"))
+    server.run(sockets=[listening_socket])
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before the model loads, so a bad or busy port is one
+    line naming it (FERError) rather than the web server's traceback."""
+    if not 1 <= port <= 65535:
+        raise FERError(f"--port {port}: expected a port number in 1-65535")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise FERError(f"--host {host!r}: not an address this machine can listen on ({error})") from None
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        reason = "already in use" if error.errno == errno.EADDRINUSE else error.strerror or str(error)
+        raise FERError(f"--port {port} on {host}: {reason}") from None
+    listening.listen(2048)
+    return listening
 
 
 if __name__ == "__main__":
