@@ -38,6 +38,21 @@ def fraction() -> Any:
     return expect("a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
+def shape(description: str, ok: Callable[[Any], bool]) -> Any:
+    """A list-valued field checked by `ok` before the types (see `widths`)."""
+    return field(default=MISSING, metadata={"expect": (description, ok), "shape": True})
+
+
+def _is_widths(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value)
+
+
+def widths(description: str, ok: Callable[[list], bool] = lambda v: True) -> Any:
+    """A list of channel widths (positive integers) that must also satisfy `ok`: checked before the
+    types, so that any wrong value (a string, a flat list) gets `description`."""
+    return shape(description, lambda v: _is_widths(v) and ok(v))
+
+
 def nested(schema: type) -> Any:
     return field(default_factory=schema)
 
@@ -118,6 +133,8 @@ class Optimizer:
 class Net:
     dropout: float = expect("a probability in [0, 1)", lambda v: 0 <= v < 1)
     dense: int = positive()
+    stages: list[list[int]] = shape("a list of stages, each a non-empty list of positive channel widths, e.g. [[16,16],[32,32]]",
+                                    lambda v: isinstance(v, list) and len(v) > 0 and all(_is_widths(st) and st for st in v))
 
 
 @dataclass
@@ -155,7 +172,20 @@ class Train(Run):
 
 
 @dataclass
+class GeneratorShape:
+    latent_dim: int = positive()
+    channels: list[int] = widths("three positive channel widths (6x6, 12x12, 24x24), e.g. [192,96,48]", lambda v: len(v) == 3)
+
+
+@dataclass
+class DiscriminatorShape:
+    channels: list[int] = widths("a non-empty list of positive channel widths, e.g. [48,96,192]", lambda v: len(v) > 0)
+
+
+@dataclass
 class Gan:
+    generator: GeneratorShape = nested(GeneratorShape)
+    discriminator: DiscriminatorShape = nested(DiscriminatorShape)
     lr: float = positive()
     lr_d: float = positive()
     label_smoothing: float = expect("a number in [0, 1)", lambda v: 0 <= v < 1)
@@ -312,18 +342,21 @@ def _declared(schema: type, config: Any) -> Any:
             for f in fields(schema) if f.name in config}
 
 
-def _range_errors(schema: type, config: dict, prefix: str = "") -> list[str]:
+def _range_errors(schema: type, config: dict, prefix: str = "", shapes: bool = False) -> list[str]:
+    """Values outside their field's range; with `shapes`, the list-valued (`shape`) fields instead,
+    whatever their type."""
     errors = []
     for f in fields(schema):
         if f.name not in config:
             continue
         value, key = config[f.name], f"{prefix}{f.name}"
-        if "expect" in f.metadata and isinstance(value, (int, float)) and not isinstance(value, bool):
+        checked = value is not None if shapes else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if "expect" in f.metadata and f.metadata.get("shape", False) == shapes and checked:
             description, ok = f.metadata["expect"]
             if not ok(value):
                 errors.append(f"{key}={value!r}: expected {description}")
         elif _nested_schema(f) and isinstance(value, dict):
-            errors += _range_errors(_nested_schema(f), value, f"{key}.")
+            errors += _range_errors(_nested_schema(f), value, f"{key}.", shapes)
     return errors
 
 
@@ -333,6 +366,8 @@ def validate(cfg: DictConfig, schema: type) -> None:
         values = _declared(schema, {f.name: OmegaConf.to_container(cfg[f.name], resolve=True)
                                     if isinstance(cfg[f.name], DictConfig) else cfg[f.name]
                                     for f in fields(schema) if f.name in cfg})
+        if errors := _range_errors(schema, values, shapes=True):
+            raise ConfigError(errors[0])
         OmegaConf.merge(OmegaConf.structured(schema), values)
     except OmegaConfBaseException as error:
         raise ConfigError(_type_error(error)) from None
