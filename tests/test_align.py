@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -130,6 +131,16 @@ def test_align_crops_keeps_faceless_crops(output_size):
     assert found.dtype == torch.bool and not found.any()
     expected = crops if output_size == 48 else np.stack([cv2.resize(c, (output_size,) * 2, interpolation=cv2.INTER_CUBIC) for c in crops])
     np.testing.assert_array_equal(aligned.numpy(), expected)
+
+
+def test_aligning_projects_its_time_from_the_first_batches(caplog):
+    crops = torch.full((8, 48, 48), 90, dtype=torch.uint8)  # 4 batches of 2
+    with caplog.at_level("INFO", logger="fer.data.align"):
+        FaceAligner(batch_size=2).align_crops(crops, progress=True)
+    messages = [r.getMessage() for r in caplog.records]
+    (projection,) = [m for m in messages if m.startswith("aligning")]  # after the 2nd batch (the 1st warms MTCNN up)
+    assert re.fullmatch(r"aligning 8 crops: about \d:\d\d:\d\d to go \(ETA \d\d:\d\d\) \(measured on the first 4\)", projection)
+    assert re.fullmatch(r"aligned 8/8 crops, face found in 0\.0%, about 0:00:00 to go \(ETA \d\d:\d\d\)", messages[-1])
 
 
 def test_align_crops_rejects_wrong_input(aligner):

@@ -8,6 +8,7 @@ pixel i has its centre at x = i, so a horizontal flip maps x to (size - 1) - x.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
+
+from fer.progress import time_left
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class FaceAligner:
         found = np.zeros(n, bool)
         n_batches = -(-n // self.batch_size)
         log_every = max(1, round(n_batches / 10))
+        started = time.monotonic()
         for b, start in enumerate(range(0, n, self.batch_size)):
             batch = images[start:start + self.batch_size]
             padded = np.stack([
@@ -157,7 +161,11 @@ class FaceAligner:
                     found[i] = True
                 else:
                     aligned[i] = crop if crop.shape == (size, size) else _resize(crop, size, size)
+            done = min(n, start + self.batch_size)
+            if progress and b == 1 < n_batches - 1:  # the first batch carries MTCNN's warm-up
+                log.info("aligning %d crops: %s (measured on the first %d)", n,
+                         time_left((time.monotonic() - started) / done * (n - done)), done)
             if progress and ((b + 1) % log_every == 0 or b + 1 == n_batches):
-                done = min(n, start + self.batch_size)
-                log.info("aligned %d/%d crops, face found in %.1f%%", done, n, 100 * found[:done].mean())
+                log.info("aligned %d/%d crops, face found in %.1f%%, %s", done, n, 100 * found[:done].mean(),
+                         time_left((time.monotonic() - started) / done * (n - done)))
         return torch.from_numpy(aligned), torch.from_numpy(found)

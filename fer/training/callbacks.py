@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from fer import EMOTIONS
+from fer.progress import clock, time_left
 from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
 from fer.reports.gan_quality import measure_quality, quality_scalars
 
@@ -23,21 +24,85 @@ log = logging.getLogger(__name__)
 
 
 class RunETA(L.Callback):
-    """One line per epoch with the whole run's elapsed time and ETA (the progress bar's own ETA
-    covers one epoch only), from the mean wall time of this session's epochs."""
+    """The whole run's duration, measured on this machine: once after the first `probe_steps`
+    training batches (their mean time, and the validation sanity check's time per batch, projected
+    over every batch of the run), then one line per epoch with the elapsed time and the ETA from the
+    mean wall time of this session's epochs (the progress bar's own ETA covers one epoch only)."""
+
+    def __init__(self, probe_steps: int = 20):
+        self.probe_steps = probe_steps
+        self.val_batch_seconds: float | None = None
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sanity_start = time.monotonic()
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if batches := sum(trainer.num_sanity_val_batches):
+            self.val_batch_seconds = (time.monotonic() - self.sanity_start) / batches
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start, self.first_epoch = time.monotonic(), trainer.current_epoch
+        self.start, self.first_epoch, self.batches_run = time.monotonic(), trainer.current_epoch, 0
+
+    def _epochs(self, trainer: L.Trainer) -> int | None:
+        return None if not trainer.is_global_zero or trainer.max_epochs is None or trainer.max_epochs < 0 else trainer.max_epochs
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.batches_run += 1
+        if self.batches_run != self.probe_steps or not (epochs := self._epochs(trainer)):
+            return
+        per_batch = (time.monotonic() - self.start) / self.batches_run
+        train_batches = trainer.num_training_batches * (epochs - trainer.current_epoch) - (batch_idx + 1)
+        seconds = per_batch * train_batches
+        validation = ""
+        if self.val_batch_seconds is not None and (val_batches := sum(trainer.num_val_batches)):
+            per_epoch = self.val_batch_seconds * val_batches
+            seconds += per_epoch * (epochs - trainer.current_epoch)
+            validation = f", {clock(per_epoch)} of validation each"
+        log.info("measured over the first %d batches: %.3f s a batch, so the run has %s (%d epochs of %d batches%s)",
+                 self.batches_run, per_batch, time_left(seconds), epochs, trainer.num_training_batches, validation)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.max_epochs is None or trainer.max_epochs < 0:
+        if not (epochs := self._epochs(trainer)):
             return
         done = trainer.current_epoch + 1
         elapsed = time.monotonic() - self.start
-        left = (trainer.max_epochs - done) * elapsed / (done - self.first_epoch)
-        clock = lambda seconds: str(timedelta(seconds=round(seconds)))  # noqa: E731
-        log.info("epoch %d/%d done: %s elapsed, about %s to go (ETA %s)", done, trainer.max_epochs, clock(elapsed),
-                 clock(left), time.strftime("%H:%M", time.localtime(time.time() + left)))
+        left = (epochs - done) * elapsed / (done - self.first_epoch)
+        memory = ""
+        if pl_module.device.type == "cuda":
+            memory = f", peak GPU memory {torch.cuda.max_memory_allocated(pl_module.device) / 2**30:.2f} GiB"
+        log.info("epoch %d/%d done: %s elapsed, %s%s", done, epochs, clock(elapsed), time_left(left), memory)
+
+
+class TrainingFlops(L.Callback):
+    """The run's training compute, the budget that does not vary with the machine: the FLOP of one
+    training batch (forward and backward, counted by torch's FlopCounterMode on the first batch of
+    the session) times the batches trained so far, logged as `train/pflop` after every epoch (and so
+    kept in the hparams table with the final metrics)."""
+
+    def __init__(self) -> None:
+        self.flops_per_batch: float | None = None
+        self._counter: FlopCounterMode | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        if self.flops_per_batch is None and self._counter is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops_per_batch, self._counter = float(self._counter.get_total_flops()), None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.flops_per_batch is not None:
+            batches = trainer.num_training_batches * (trainer.current_epoch + 1)
+            pl_module.log("train/pflop", self.flops_per_batch * batches / 1e15, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"flops_per_batch": self.flops_per_batch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.flops_per_batch = state_dict["flops_per_batch"]
 
 
 class TrainingCurves(L.Callback):
