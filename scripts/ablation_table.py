@@ -1,6 +1,8 @@
-"""The GAN-augmentation ablation as a markdown table:
+"""An ablation (or ladder) as a markdown table:
     python scripts/ablation_table.py logs/pipeline/multiruns/<time> [MORE_SWEEP_DIRS] [--split val|test] [--out table.md]
-reads each job's metrics.json (of one sweep, or of a sweep run in parts); cells are mean ± std over seeds."""
+    python scripts/ablation_table.py logs/train/multiruns/<time> ...
+reads each job's metrics.json (scripts/pipeline.py runs: one row per balance arm; scripts/train.py runs: one row per
+recipe, i.e. its overrides less seed and paths); cells are mean ± std over seeds, with training PFLOP and wall time."""
 
 import argparse
 import sys
@@ -14,7 +16,7 @@ SPLIT_NAMES = {"val": "PublicTest", "test": "PrivateTest"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dirs", nargs="+", help="the folder(s) of `scripts/pipeline.py -m` sweeps")
+    parser.add_argument("sweep_dirs", nargs="+", help="the folder(s) of `-m` sweeps (or of several run folders)")
     parser.add_argument("--split", choices=sorted(SPLIT_NAMES), default="val")
     parser.add_argument("--out", help="also write the table here (default: <first sweep_dir>/ablation_<split>.md)")
     args = parser.parse_args()

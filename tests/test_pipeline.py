@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import subprocess
@@ -15,7 +14,7 @@ from fer import FERError
 from fer.reports.ablation import markdown_table, read_runs
 from fer.data.datamodule import FERDataModule
 
-from conftest import REPO, compose_config, run_script, tiny_train_overrides
+from conftest import REPO, compose_config, read_manifest, run_script, tiny_train_overrides
 
 
 def tiny_pipeline_overrides(root) -> list[str]:
@@ -45,7 +44,7 @@ def test_the_pipeline_end_to_end_on_synthetic_data(fer_folders, tmp_path):
 
     # the synthetic images: the asked-for counts, 48x48 grayscale, listed in the manifest
     synthetic = run / "synthetic"
-    rows = list(csv.DictReader(open(synthetic / "manifest.csv")))
+    rows = read_manifest(synthetic / "manifest.csv")
     assert [r["class"] for r in rows] == ["disgust"] * 5 + ["fear"] * 3
     assert {p.parent.name for p in synthetic.rglob("*.png")} == {"disgust", "fear"} and len(list(synthetic.rglob("*.png"))) == 8
     for row in rows:
@@ -59,6 +58,7 @@ def test_the_pipeline_end_to_end_on_synthetic_data(fer_folders, tmp_path):
     assert summary["train_images"] == 7 * 12 + 8
     assert summary["train_class_counts"]["disgust"] == 12 + 5 and summary["train_class_counts"]["fear"] == 12 + 3
     assert summary["val_images"] == 7 * 4
+    assert summary["train_pflop"] == json.loads((run / "classifier" / "metrics.json").read_text())["train_pflop"] > 0
     assert summary["splits"]["val"]["n"] == summary["splits"]["test"]["n"] == 7 * 4
     assert summary["splits"]["test"]["source"] == "PrivateTest"
     assert (run / "evaluate" / "val" / "metrics.json").is_file() and (run / "evaluate" / "test" / "confusion_matrix.png").is_file()
@@ -130,13 +130,21 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     write(2, "gan", 0.64, 0.4, "gan (0.5 x median)")
     write(3, "gan", 0.61, 0.5, "gan (0.5 x median) + filter 0.6")
     write(4, "logit_adjust", 0.63, 0.3, "logit_adjust")
+    # a scripts/train.py run beside them: its arm is its recipe's overrides, with its compute and wall time
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "metrics.json").write_text(json.dumps({
+        "val": {"val/acc": 0.66, "val/f1_macro": 0.6, "val/recall_disgust": 0.25, "val/recall_fear": 0.4},
+        "overrides": ["experiment=cpu_quick", "seed=3", "paths.cache_dir=/c", "data.root=/d", "trainer.max_epochs=27"],
+        "train_pflop": 0.0779, "fit_seconds": 600.0, "epochs": 27, "seed": 3}))
     table = markdown_table(read_runs(tmp_path))
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| arm (data.balance) | runs | accuracy (PublicTest)")
-    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.0000 | 0.5000 |"  # the options' order, not the jobs'
+    assert lines[0] == ("| arm | runs | accuracy (PublicTest) | macro-F1 (PublicTest) | disgust recall (PublicTest) | "
+                        "fear recall (PublicTest) | training PFLOP | training wall (min) |")
+    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.0000 | 0.5000 | – | – |"  # the options' order, not the jobs'
     assert lines[3].startswith("| logit_adjust | 1 | 0.6300 |")
-    assert lines[4] == "| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 |"
+    assert lines[4] == "| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 | – | – |"
     assert lines[5].startswith("| gan (0.5 x median) + filter 0.6 | 1 |")
+    assert lines[6] == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.2500 | 0.4000 | 0.078 | 10.0 |"
     with pytest.raises(FERError, match="no run in .* has test metrics"):
         read_runs(tmp_path, split="test")
 

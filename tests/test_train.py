@@ -30,6 +30,23 @@ def test_a_model_learns(tmp_path):
     assert metrics["val/acc"] >= 0.5, metrics  # chance is 1/7; this run reaches ~0.7
 
 
+def test_a_run_projects_its_time_and_records_its_compute(tmp_path, caplog):
+    root = write_folders(tmp_path / "fer", {"Training": 8, "PublicTest": 2})  # 56 faces: 7 batches of 8
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(root), "trainer.max_epochs=3", "callbacks.run_eta.probe_steps=5"])
+    with caplog.at_level("INFO", logger="fer.training.callbacks"):
+        metrics = train(cfg)
+    (projection,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("measured over")]
+    assert re.fullmatch(r"measured over the first 5 batches: \d\.\d{3} s a batch, so the run has about \d:\d\d:\d\d to go "
+                        r"\(ETA \d\d:\d\d\) \(3 epochs of 7 batches, \d:\d\d:\d\d of validation each\)", projection), projection
+    assert len([r for r in caplog.records if re.match(r"epoch \d/3 done: .* elapsed, about .* to go", r.getMessage())]) == 3
+
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["val"] == metrics and summary["epochs"] == 3 and summary["seed"] == 42 and summary["fit_seconds"] > 0
+    # 21 batches of 8 faces at 48 px through [[8],[16]] (16): 2x-3x the forward FLOP (see test_bench)
+    forward = 8 * 2 * (48 * 48 * 9 * 8 + 24 * 24 * 9 * 8 * 16 + 16 * 16 + 16 * 7)
+    assert 21 * 2 * forward < summary["train_pflop"] * 1e15 < 21 * 3 * forward
+
+
 def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     run = tmp_path / "run"
     run_script("train.py", [*tiny_train_overrides(fer_folders), f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -144,6 +161,7 @@ def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     ("train.py", "data.batch_size=-5", "error: data.batch_size=-5: expected a positive number"),
     ("pipeline.py", "classifier.trainer.max_epochs=0", "error: classifier.trainer.max_epochs=0: expected a number of epochs"),
     ("evaluate.py", "tta=sideways", "error: tta='sideways': expected one of [none, flip, tencrop]"),
+    ("train.py", "model.net.stages=abc", "error: model.net.stages='abc': expected a list of stages, each a non-empty list"),
 ])
 def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, script, override, line):
     args = [f"data.root={fer_folders}", override] + (["ckpt_path=any.ckpt"] if script == "evaluate.py" else [])
@@ -162,6 +180,13 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("ship_model", "max_accuracy_drop=2", "max_accuracy_drop=2: expected a number in [0, 1]"),
     ("bench_predict", "batch_size=0", "batch_size=0: expected a positive number"),
     ("generate", "generate.batch_size=x", "generate.batch_size='x': expected an integer"),
+    ("train", "model.net.stages=[16,32]", "model.net.stages=[16, 32]: expected a list of stages"),
+    ("train", "model.net.stages=[[16,x]]", "model.net.stages=[[16, 'x']]: expected a list of stages"),
+    ("train", "model.net.stages=[[16],[]]", "model.net.stages=[[16], []]: expected a list of stages"),
+    ("train", "model.net.dense=wide", "model.net.dense='wide': expected an integer"),
+    ("train_gan", "model.generator.channels=[96,48]", "model.generator.channels=[96, 48]: expected three positive channel widths"),
+    ("train_gan", "model.discriminator.channels=[48,-1]", "model.discriminator.channels=[48, -1]: expected a non-empty list"),
+    ("train_gan", "model.generator.latent_dim=big", "model.generator.latent_dim='big': expected an integer"),
 ])
 def test_schemas_name_the_key_the_value_and_what_is_expected(tmp_path, name, override, message):
     from fer import schema

@@ -1,6 +1,7 @@
-"""The ablation table: the `metrics.json` of each pipeline run in a sweep folder -> one markdown row
-per arm (the `data.balance` option; for `gan` also the synthetic share and filter), mean +- std over
-its runs (seeds)."""
+"""The ablation table: the `metrics.json` of each run in one or more sweep folders -> one markdown row
+per arm, mean +- std over its runs (seeds). Two kinds of run: a pipeline run (scripts/pipeline.py; its arm
+is the `data.balance` option and, for `gan`, the synthetic share and filter) and a training run
+(scripts/train.py; its arm is its command-line overrides less the seed and the paths)."""
 
 from __future__ import annotations
 
@@ -14,48 +15,74 @@ BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")
 """The table's row order (fer.data.datamodule.BALANCE_OPTIONS; not imported, so the script needs no torch)."""
 
 COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("disgust recall", "disgust"), ("fear recall", "fear"))
+COST = (("training PFLOP", "pflop", 3), ("training wall (min)", "minutes", 1))
+"""The runs' cost: training compute (forward + backward FLOP of every step) and wall time."""
+
+NOT_AN_ARM = ("seed=", "paths.", "data.root=", "data.cache_dir=", "hydra.", "trainer.enable_progress_bar=")
+"""Overrides of a training run that do not change its recipe."""
+
+
+def _pipeline_run(summary: dict, split: str) -> tuple[str, dict] | None:
+    metrics = (summary.get("splits") or {}).get(split)
+    if metrics is None:
+        return None
+    seconds = (summary.get("seconds") or {}).get("classifier")
+    return summary.get("arm", summary["balance"]), {
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "disgust": metrics["per_class"]["disgust"]["recall"], "fear": metrics["per_class"]["fear"]["recall"],
+        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60,
+    }
+
+
+def _training_run(summary: dict, split: str) -> tuple[str, dict] | None:
+    if split != "val":  # a training run scores PublicTest (val) only
+        return None
+    val = summary["val"]
+    arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
+    return arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "disgust": val["val/recall_disgust"],
+                 "fear": val["val/recall_fear"], "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
-    """{arm: [{accuracy, macro_f1, disgust, fear} per run]} from each `sweep_dir`/*/metrics.json
+    """{arm: [{accuracy, macro_f1, disgust, fear, pflop, minutes} per run]} from each `sweep_dir`/*/metrics.json
     (several sweep folders: a sweep run in parts)."""
     runs: dict[str, list[dict[str, float]]] = {}
     files = []
     for sweep_dir in sweep_dirs:
         found = sorted(Path(sweep_dir).glob("*/metrics.json"))
         if not found:
-            raise FERError(f"no <job>/metrics.json in {sweep_dir}: expected the folder of a scripts/pipeline.py -m sweep")
+            raise FERError(f"no <job>/metrics.json in {sweep_dir}: expected the folder of a scripts/pipeline.py or "
+                           "scripts/train.py sweep (or of several runs)")
         files += found
     for file in files:
         summary = json.loads(file.read_text())
-        metrics = (summary.get("splits") or {}).get(split)
-        if metrics is None:
-            continue
-        runs.setdefault(summary.get("arm", summary["balance"]), []).append({
-            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "disgust": metrics["per_class"]["disgust"]["recall"], "fear": metrics["per_class"]["fear"]["recall"],
-        })
+        row = _training_run(summary, split) if "val" in summary else _pipeline_run(summary, split)
+        if row is not None:
+            runs.setdefault(row[0], []).append(row[1])
     if not runs:
         raise FERError(f"no run in {', '.join(map(str, sweep_dirs))} has {split} metrics")
     return runs
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float | None], digits: int = 4) -> str:
+    if any(v is None for v in values):
+        return "–"
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest") -> str:
-    """Rows in the order of `BALANCE_OPTIONS` (gan arms by name); cells are mean ± sample std (n-1) over the runs."""
-    header = ["arm (data.balance)", "runs", *(f"{title} ({split_name})" for title, _ in COLUMNS)]
+    """Rows in the order of `BALANCE_OPTIONS` (other arms by name); cells are mean ± sample std (n-1) over the runs."""
+    header = ["arm", "runs", *(f"{title} ({split_name})" for title, _ in COLUMNS), *(title for title, _, _ in COST)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
     def order(arm: str) -> tuple[int, str]:
         option = arm.split(" ")[0]
         return (BALANCE_OPTIONS.index(option) if option in BALANCE_OPTIONS else len(BALANCE_OPTIONS), arm)
 
-    for option in sorted(runs, key=order):
-        rows = runs[option]
-        cells = [_cell([r[key] for r in rows]) for _, key in COLUMNS]
-        lines.append(f"| {option} | {len(rows)} | " + " | ".join(cells) + " |")
+    for arm in sorted(runs, key=order):
+        rows = runs[arm]
+        cells = [_cell([r[key] for r in rows]) for _, key in COLUMNS] + [_cell([r[key] for r in rows], d) for _, key, d in COST]
+        lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

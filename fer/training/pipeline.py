@@ -110,6 +110,7 @@ def pipeline(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     val_metrics, datamodule, trainer = fit(classifier_cfg)
     summary["seconds"]["classifier"] = round(time.perf_counter() - started, 1)
+    summary["train_pflop"] = json.loads((out / "classifier" / "metrics.json").read_text())["train_pflop"]
     train_split = datamodule.splits["train"]
     summary["train_images"] = len(train_split)
     summary["train_class_counts"] = dict(zip(EMOTIONS, train_split.class_counts().tolist()))

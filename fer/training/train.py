@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +20,19 @@ from fer import FERError
 from fer.checkpoints import resume_path
 
 log = logging.getLogger(__name__)
+
+
+RESUMED_IN_A_NEW_FOLDER = r"The dirpath has changed from"
+"""Lightning's note when a resumed run checkpoints into its own new run folder, as it does by design."""
+
+
+@contextmanager
+def by_design(*messages: str) -> Iterator[None]:
+    """Silence Lightning's warnings (regular expressions) about what a stage does on purpose, while it runs."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def refuse_ddp_in_a_local_sweep(cfg: DictConfig) -> None:
@@ -58,11 +76,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Trainer]:
-    """`train`, also returning the datamodule (its loaded splits) and the trainer (its checkpoints)."""
+    """`train`, also returning the datamodule (its loaded splits) and the trainer (its checkpoints).
+    The run folder's `metrics.json` keeps the figures a comparison of runs needs (ladder and ablation
+    tables): PublicTest of the best checkpoint, epochs, training compute and wall time."""
+    started = time.perf_counter()
     datamodule, model, trainer = build(cfg)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs", overrides)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with by_design(RESUMED_IN_A_NEW_FOLDER):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    pflop = trainer.callback_metrics.get("train/pflop")  # the TrainingFlops callback's; validate() below resets them
 
     best = best_checkpoint(trainer)
     log.info("best checkpoint: %s", best or "(none saved: the final weights are scored)")
@@ -70,6 +93,13 @@ def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Tra
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), {f"hp/{k}": v for k, v in metrics.items()})
     log.info("PublicTest (val) of the best checkpoint: %s", {k: round(v, 4) for k, v in metrics.items()})
+    summary = {"val": metrics, "best_checkpoint": best, "epochs": trainer.current_epoch, "seed": cfg.seed,
+               "overrides": list(overrides), "train_pflop": None if pflop is None else float(pflop),
+               "fit_seconds": round(time.perf_counter() - started, 1)}  # data, training and the final PublicTest score
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     return metrics, datamodule, trainer
 
 
