@@ -32,8 +32,6 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, DropNoise) for f in logger.filters):
             logger.addFilter(DropNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    # a GAN run by design: its datamodule holds PublicTest (for the quality measure), the GAN has no validation loop
-    warnings.filterwarnings("ignore", message=r"You passed in a `val_dataloader` but have no `validation_step`")
 
 
 def exit_on_user_error(schema: type | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -60,6 +61,18 @@ def write_csv(path: Path, per_class: dict[str, int], seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """An image file's pixels (a writable copy; the file is closed)."""
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """The rows of a generated folder's manifest.csv."""
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
 
 
 SMALL = {"Training": 12, "PublicTest": 4, "PrivateTest": 4}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -18,9 +17,9 @@ from fer.models.gan import ConditionalGAN, FaceGenerator
 from fer.models.gan_nets import Discriminator, Generator
 from fer.reports.gan_quality import distances, embed, quality_report
 from fer.training.generate import generate, load_gan, plan_counts
-from fer.training.train_gan import train_gan
+from fer.training.train_gan import FROZEN_FEATURES, train_gan
 
-from conftest import REPO, compose_config, run_script, write_folders
+from conftest import REPO, compose_config, read_manifest, read_pixels, run_script, write_folders
 
 TINY_GAN = ["data.batch_size=16", "data.align=false", "model=dcgan", "model.generator.channels=[16,8,8]", "model.discriminator.channels=[8,8,16]",
             "model.generator.latent_dim=8", "model.generator.embed_dim=4",
@@ -144,6 +143,7 @@ def test_a_gan_with_diffaugment_and_two_learning_rates_steps(tmp_path):
     assert trainer.global_step == 2
 
 
+@pytest.mark.filterwarnings(f"ignore:{FROZEN_FEATURES}")  # the frozen classifier is in eval mode on purpose
 def test_a_feature_discriminator_trains_its_head_on_a_frozen_classifier_and_teaches_the_generator(tmp_path):
     import lightning as L
 
@@ -256,21 +256,21 @@ def test_generate_writes_pngs_and_a_manifest_and_never_overwrites(fer_folders, t
     folder = out / "synthetic"
     assert report["total"] == 7 and report["per_class"]["disgust"] == {"wanted": 5, "generated": 5, "kept": 5}
     assert sorted(p.name for p in (folder / "disgust").iterdir()) == sorted(f"disgust_{(7 * 7 + 1) * 10_000_000 + i}.png" for i in range(5))
-    rows = list(csv.DictReader(open(folder / "manifest.csv")))
+    rows = read_manifest(folder / "manifest.csv")
     assert [r["class"] for r in rows] == ["disgust"] * 5 + ["fear"] * 2
     assert len({r["generator_sha256"] for r in rows}) == 1 and len(rows[0]["generator_sha256"]) == 64
     for row in rows:
-        image = Image.open(folder / row["file"])
-        assert image.mode == "L" and image.size == (48, 48)
+        with Image.open(folder / row["file"]) as image:
+            assert image.mode == "L" and image.size == (48, 48)
     assert not list(folder.rglob(".*.tmp"))
 
     # the same latents give the same images; a second run into the same folder is refused
-    first = np.asarray(Image.open(folder / rows[0]["file"]))
+    first = read_pixels(folder / rows[0]["file"])
     with pytest.raises(FERError, match="already holds generated images"):
         generate(generate_config(fer_folders, out, gan_ckpt))
-    assert np.array_equal(first, np.asarray(Image.open(folder / rows[0]["file"])))
+    assert np.array_equal(first, read_pixels(folder / rows[0]["file"]))
     again = generate(generate_config(fer_folders, tmp_path / "gen2", gan_ckpt, n_per_class={"disgust": 5}))
-    assert np.array_equal(first, np.asarray(Image.open(tmp_path / "gen2" / "synthetic" / rows[0]["file"])))
+    assert np.array_equal(first, read_pixels(tmp_path / "gen2" / "synthetic" / rows[0]["file"]))
     assert again["total"] == 5
 
 
@@ -291,7 +291,7 @@ def test_generate_to_a_target_share_and_with_the_confidence_filter(tmp_path, gan
         files = sorted((tmp_path / "b" / "synthetic" / name).glob("*.png"))
         assert len(files) == counts["kept"]
         for file in files:  # every kept sample is one the classifier labels as its class
-            image = torch.from_numpy(np.asarray(Image.open(file))).float().div(255).view(1, 1, 48, 48)
+            image = torch.from_numpy(read_pixels(file)).float().div(255).view(1, 1, 48, 48)
             assert judge.predict(image).argmax(1).item() == EMOTIONS.index(name)
 
 
@@ -331,7 +331,7 @@ def test_train_gan_writes_checkpoint_grid_events_and_quality(fer_folders, tmp_pa
     assert isinstance(generator, FaceGenerator) and len(sha) == 64
     ema = {k.removeprefix("ema.module."): v for k, v in checkpoint["state_dict"].items() if k.startswith("ema.module.")}
     assert all(torch.equal(v, ema[k]) for k, v in generator.net.state_dict().items())  # it samples the EMA copy
-    assert Image.open(run / "samples.png").size[0] > 0
+    assert read_pixels(run / "samples.png").shape[1] > 0
     quality = result["quality"]
     assert (run / "quality.json").is_file() and set(quality["per_class"]) == set(EMOTIONS)
     assert all(0 <= c["agreement"] <= 1 and c["n_fake"] == 6 for c in quality["per_class"].values())
@@ -388,7 +388,7 @@ def test_the_hydra_entries_train_ship_and_generate_from_a_generator(fer_folders,
     run_script("generate.py", [f"gan_ckpt={assets / 'gan_generator.ckpt'}", f"data.root={fer_folders}",
                                "generate.target_share=null", "generate.n_per_class={disgust:3,happy:2}",
                                f"hydra.run.dir={tmp_path / 'gen'}"], cwd=tmp_path)
-    rows = list(csv.DictReader(open(tmp_path / "gen" / "synthetic" / "manifest.csv")))
+    rows = read_manifest(tmp_path / "gen" / "synthetic" / "manifest.csv")
     assert [r["class"] for r in rows] == ["disgust"] * 3 + ["happy"] * 2 and rows[0]["generator_sha256"] == card["sha256"]
 
     missing = run_script("ship_gan.py", [f"ckpt_path={clf_path}", f"out_dir={tmp_path / 'nothing'}", "training.commit=a",
@@ -406,10 +406,10 @@ def test_the_shipped_generator_draws_faces_of_the_requested_classes(fer_folders,
     run_script("generate.py", [f"data.root={fer_folders}", "generate.target_share=null", "generate.n_per_class={disgust:4,fear:2}",
                                f"hydra.run.dir={tmp_path / 'gen'}"], cwd=tmp_path)
     synthetic = tmp_path / "gen" / "synthetic"
-    rows = list(csv.DictReader(open(synthetic / "manifest.csv")))
+    rows = read_manifest(synthetic / "manifest.csv")
     assert [r["class"] for r in rows] == ["disgust"] * 4 + ["fear"] * 2
     for row in rows:
-        pixels = np.asarray(Image.open(synthetic / row["file"]))
+        pixels = read_pixels(synthetic / row["file"])
         assert pixels.dtype == np.uint8 and pixels.shape == (48, 48) and pixels.std() > 5  # a face, not a flat square
     card = json.loads((REPO / "fer" / "assets" / "gan_card.json").read_text())
     assert rows[0]["generator_sha256"] == card["sha256"]

@@ -7,6 +7,7 @@ next to the same on real faces)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable
 
 import torch
@@ -44,8 +45,10 @@ def distances(real: torch.Tensor, fake: torch.Tensor, kid_subsets: int = 50, kid
     extractor = Precomputed(real.shape[1])
     fid = FrechetInceptionDistance(feature=extractor, normalize=True)
     fid.set_dtype(torch.float64)
-    kid = KernelInceptionDistance(feature=extractor, normalize=True, subsets=kid_subsets,
-                                  subset_size=min(kid_subset_size, len(real), len(fake)))
+    with warnings.catch_warnings():  # its note that it keeps every feature: here they are the two sets given, already in memory
+        warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
+        kid = KernelInceptionDistance(feature=extractor, normalize=True, subsets=kid_subsets,
+                                      subset_size=min(kid_subset_size, len(real), len(fake)))
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

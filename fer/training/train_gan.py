@@ -16,9 +16,14 @@ from fer.checkpoints import resume_path
 from fer.reports.figures import save
 from fer.reports.gan_quality import measure_quality, quality_scalars
 from fer.training.callbacks import sample_grid_figure
-from fer.training.train import build_trainer
+from fer.training.train import RESUMED_IN_A_NEW_FOLDER, build_trainer, by_design
 
 log = logging.getLogger(__name__)
+
+NO_VALIDATION_LOOP = r"You passed in a `val_dataloader` but have no `validation_step`"
+"""The datamodule holds PublicTest for the quality measure; the GAN has no validation loop."""
+FROZEN_FEATURES = r"Found \d+ module\(s\) in eval mode at the start of training"
+"""The feature discriminator's classifier is frozen, in eval mode."""
 
 
 def train_gan(cfg: DictConfig) -> dict:
@@ -31,7 +36,8 @@ def train_gan(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs", overrides)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with by_design(RESUMED_IN_A_NEW_FOLDER, NO_VALIDATION_LOOP, FROZEN_FEATURES):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     out = Path(cfg.paths.output_dir)
     ckpt = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
     log.info("GAN checkpoint: %s", ckpt or "(none saved)")
