@@ -268,6 +268,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
     assert fer_export(["-o", str(out)]) == 1  # never overwrites
 
 
+@pytest.mark.slow  # calibrates on real faces; test_onnx_export_matches_pytorch covers the export path
 def test_onnx_int8_export_agrees_on_real_faces(real_fer2013, tmp_path):
     pytest.importorskip("onnxruntime")
     from fer.training.export import export

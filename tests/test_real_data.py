@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fer.data.fer2013 import load_split
@@ -18,6 +19,7 @@ def test_real_splits_have_the_published_counts(real_fer2013, tmp_path):
         assert 0.3 < split.images.float().mean() / 255 < 0.7  # real faces, not blank decodes
 
 
+@pytest.mark.slow  # the longest real-data run; the synthetic training tests cover the same path
 def test_a_short_real_run_scores_all_of_public_test(real_fer2013, tmp_path):
     cfg = compose_config("train", tmp_path, [
         f"data.root={real_fer2013}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu",
