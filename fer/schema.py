@@ -100,6 +100,7 @@ class Augment:
     degrees: float = non_negative()
     translate: float = fraction()
     erase: float = fraction()
+    alternate_flip: bool = MISSING
 
 
 @dataclass
@@ -138,6 +139,13 @@ class Net:
 
 
 @dataclass
+class Distill:
+    teachers: list[str] = MISSING
+    weight: float = fraction()
+    temperature: float = positive()
+
+
+@dataclass
 class Classifier:
     net: Net = nested(Net)
     optimizer: Optimizer = nested(Optimizer)
@@ -146,6 +154,7 @@ class Classifier:
     cutmix_alpha: float = non_negative()
     channels_last: bool = MISSING
     compile: bool = MISSING
+    distill: Optional[Distill] = nested(Distill)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fer.data.augment import TTA_MODES, BatchAugment, batch_mix, center_crop, to_float, tta_views
 
@@ -29,6 +30,25 @@ def test_shapes_dtype_and_range(batch, size):
 
 def test_everything_off_is_the_identity(batch):
     assert torch.allclose(BatchAugment(**OFF)(batch), batch, atol=1e-5)
+
+
+def test_a_lower_resolution_samples_the_same_view_at_fewer_pixels():
+    ramps = torch.linspace(0, 1, 48).expand(4, 1, 48, 48) * torch.linspace(0.5, 1, 4).view(4, 1, 1, 1)
+    batch = ramps + ramps.transpose(-1, -2)  # bilinear sampling is exact on them
+    augment = BatchAugment(output_size=40, **OFF)
+    torch.manual_seed(0)  # the same random 40 px windows both times
+    full = augment(batch)
+    augment.resolution = 20  # progressive resizing's early epochs
+    torch.manual_seed(0)
+    half = augment(batch)
+    assert full.shape[-2:] == (40, 40) and half.shape[-2:] == (20, 20)
+    assert torch.allclose(half, F.avg_pool2d(full, 2), atol=1e-3)  # the same field of view, coarser
+
+
+def test_the_caller_can_say_which_images_to_mirror(batch):
+    mirror = torch.arange(len(batch)) % 2 == 0
+    out = BatchAugment(**{**OFF, "flip": 0.0})(batch, mirror)
+    assert torch.allclose(out[mirror], batch[mirror].flip(-1), atol=1e-5) and torch.allclose(out[~mirror], batch[~mirror], atol=1e-5)
 
 
 def test_flip_mirrors_each_image(batch):

@@ -21,8 +21,9 @@ def datamodule(root, tmp_path, **options) -> FERDataModule:
 def test_loaders_yield_whole_uint8_batches(fer_folders, tmp_path):
     dm = datamodule(fer_folders, tmp_path)
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels, rows = next(iter(dm.train_dataloader()))  # and the batch's rows in the split (alternate_flip)
     assert images.shape == (8, 48, 48) and images.dtype == torch.uint8 and labels.shape == (8,)
+    assert torch.equal(dm.splits["train"].images[rows], images) and torch.equal(dm.splits["train"].labels[rows], labels)
     assert len(dm.train_dataloader()) == 7 * SMALL["Training"] // 8  # drop_last
     val = list(dm.val_dataloader())
     assert sum(len(y) for _, y in val) == 7 * SMALL["PublicTest"]
@@ -67,7 +68,7 @@ def test_oversampling_balances_the_classes(tmp_path):
     torch.manual_seed(0)
     dm = datamodule(root, tmp_path, balance="oversample")
     dm.setup("fit")
-    labels = torch.cat([y for _ in range(20) for _, y in dm.train_dataloader()])
+    labels = torch.cat([y for _ in range(20) for _, y, _ in dm.train_dataloader()])
     share = torch.bincount(labels, minlength=7).float() / len(labels)
     assert (share - 1 / 7).abs().max() < 0.05
 
@@ -109,10 +110,37 @@ def test_alignment_is_computed_once_and_cached(fer_folders, tmp_path, monkeypatc
     assert torch.equal(again.splits["val"].images, val.images)
 
 
-def stub_trainer(device="cpu", world_size=1, rank=0, stage="training"):
-    """What the DataModule reads of its trainer: device, DDP rank and world size, running stage."""
+def stub_trainer(device="cpu", world_size=1, rank=0, stage="training", epoch=0):
+    """What the DataModule reads of its trainer: device, DDP rank and world size, running stage, epoch."""
     return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), world_size=world_size,
-                           global_rank=rank, training=stage == "training", predicting=stage == "predicting")
+                           global_rank=rank, training=stage == "training", predicting=stage == "predicting",
+                           current_epoch=epoch)
+
+
+def test_the_alternating_flip_mirrors_each_image_every_other_epoch(tmp_path):
+    """Faces dark on the left, bright on the right: a mirrored view is bright on the left."""
+    n = 32
+    faces = torch.full((n, 48, 48), 50, dtype=torch.uint8)
+    faces[..., 24:] = 200
+    still = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "degrees": 0.0, "translate": 0.0, "erase": 0.0}
+    dm = datamodule("unused", tmp_path, image_size=40, augment={**still, "alternate_flip": True})
+    dm.splits["train"] = Split(faces, torch.arange(n) % 7, "k")
+    mirrored_by_epoch = []
+    for epoch in range(4):
+        dm.trainer = stub_trainer(epoch=epoch)
+        mirrored = {}
+        for batch in dm.train_dataloader():
+            x, _ = dm.on_after_batch_transfer(batch, 0)
+            bright_left = x[..., :20].mean(dim=(1, 2, 3)) > x[..., 20:].mean(dim=(1, 2, 3))
+            mirrored |= dict(zip(batch[2].tolist(), bright_left.tolist()))
+        assert sorted(mirrored) == list(range(n))  # every image seen once an epoch
+        mirrored_by_epoch.append(mirrored)
+    for row in range(n):  # each image flips on every other epoch
+        assert [m[row] for m in mirrored_by_epoch] in ([True, False, True, False], [False, True, False, True])
+    assert 8 <= sum(mirrored_by_epoch[0].values()) <= 24  # a random starting parity per image
+
+    dm.augment.alternate_flip = False  # the coin toss: no fixed rhythm, and no indices needed
+    assert dm.mirrored(torch.arange(4), 0) is None
 
 
 def constant_faces(tmp_path, n=64, **options) -> FERDataModule:
@@ -128,8 +156,8 @@ def constant_faces(tmp_path, n=64, **options) -> FERDataModule:
 def test_augmented_batches_keep_shape_range_and_label_alignment(tmp_path, on_device):
     dm = constant_faces(tmp_path, image_size=40, on_device=on_device)
     dm.trainer = stub_trainer()
-    for images, labels in dm.train_dataloader():
-        x, y = dm.on_after_batch_transfer((images, labels), 0)
+    for images, labels, rows in dm.train_dataloader():
+        x, y = dm.on_after_batch_transfer((images, labels, rows), 0)
         assert x.shape == (8, 1, 40, 40) and x.dtype == torch.float32 and torch.equal(y, labels)
         assert x.min() >= 0 and x.max() <= 1
         assert torch.equal((x.mean(dim=(1, 2, 3)) * 255 / 36).round().long(), y)
@@ -139,7 +167,7 @@ def test_on_device_batches_are_gathered_on_the_device_and_seeded_alike(fer_folde
     on_meta = datamodule(fer_folders, tmp_path, on_device=True)
     on_meta.setup("fit")
     on_meta.trainer = stub_trainer("meta")  # a device other than the CPU, without a GPU
-    images, labels = next(iter(on_meta.train_dataloader()))
+    images, labels, _ = next(iter(on_meta.train_dataloader()))
     assert images.device.type == labels.device.type == "meta" and images.shape == (8, 48, 48) and images.dtype == torch.uint8
 
     def first_batches(**options):

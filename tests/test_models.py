@@ -73,3 +73,40 @@ def test_mixed_batches_train_on_soft_targets():
     logits = classifier(mixed)
     soft, hard = classifier._loss(logits, targets), classifier._loss(logits, labels)
     assert torch.isfinite(soft) and soft != hard
+
+
+def small_classifier(**options) -> EmotionClassifier:
+    return EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[8], [16]], "dense": 16, "dropout": 0.0},
+                             optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.01}, **options)
+
+
+def test_distillation_pulls_the_student_toward_its_teachers_and_stays_out_of_its_checkpoint(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    teachers = []
+    for i in range(2):
+        teacher = small_classifier().eval()
+        torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, tmp_path / f"t{i}.ckpt")
+        teachers.append(teacher)
+    images, labels = torch.rand(64, 1, 40, 40), torch.randint(0, 7, (64,))
+    with torch.no_grad():
+        target = torch.stack([t(images).div(2.0).softmax(1) for t in teachers]).mean(0)  # the ensemble's soft targets
+
+    student = small_classifier(distill={"teachers": [str(tmp_path / f"t{i}.ckpt") for i in range(2)], "weight": 1.0, "temperature": 2.0})
+
+    def gap() -> float:  # KL(teachers || student) at the distillation temperature
+        with torch.no_grad():
+            kl = torch.nn.functional.kl_div(student.eval()(images).div(2.0).log_softmax(1), target, reduction="batchmean")
+        student.train()
+        return float(kl)
+
+    before = gap()
+    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
+    data = DataLoader(TensorDataset(images, labels), batch_size=16)
+    trainer.fit(student, data, data)
+    assert len(student.teachers) == 2 and gap() < 0.3 * before  # weight 1: the labels play no part, the teachers do
+    assert not [k for k in student.state_dict() if "teacher" in k]  # the teachers are not saved with the student
+    assert all(not p.requires_grad for t in student.teachers for p in t.parameters())

@@ -47,6 +47,24 @@ def test_a_run_projects_its_time_and_records_its_compute(tmp_path, caplog):
     assert 21 * 2 * forward < summary["train_pflop"] * 1e15 < 21 * 3 * forward
 
 
+def test_progressive_resizing_trains_early_epochs_at_fewer_pixels_and_counts_their_flop(tmp_path):
+    root = write_folders(tmp_path / "fer", {"Training": 8, "PublicTest": 2})
+
+    def pflop(tag: str, *extra: str) -> float:
+        train(compose_config("train", tmp_path / tag, [*tiny_train_overrides(root), "trainer.max_epochs=2", *extra]))
+        return json.loads((tmp_path / tag / "run" / "metrics.json").read_text())["train_pflop"]
+
+    full = pflop("full")
+    resized = pflop("resized", "+callbacks.progressive_resize._target_=fer.training.callbacks.ProgressiveResize",
+                    "+callbacks.progressive_resize.schedule={0:24,1:48}")
+    assert resized == pytest.approx(full * (24**2 / 48**2 + 1) / 2, rel=0.02)  # epoch 1 at a quarter of the pixels
+
+    from fer.training.callbacks import ProgressiveResize
+
+    with pytest.raises(FERError, match="must start at epoch 0"):
+        ProgressiveResize({5: 32})
+
+
 def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     run = tmp_path / "run"
     run_script("train.py", [*tiny_train_overrides(fer_folders), f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -184,6 +202,8 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("train", "model.net.stages=[[16,x]]", "model.net.stages=[[16, 'x']]: expected a list of stages"),
     ("train", "model.net.stages=[[16],[]]", "model.net.stages=[[16], []]: expected a list of stages"),
     ("train", "model.net.dense=wide", "model.net.dense='wide': expected an integer"),
+    ("train", "model.distill={teachers:[a.ckpt],weight:2,temperature:1}", "model.distill.weight=2: expected a number in [0, 1]"),
+    ("train", "model.distill={teachers:[a.ckpt],weight:0.5,temperature:0}", "model.distill.temperature=0: expected a positive number"),
     ("train_gan", "model.generator.channels=[96,48]", "model.generator.channels=[96, 48]: expected three positive channel widths"),
     ("train_gan", "model.discriminator.channels=[48,-1]", "model.discriminator.channels=[48, -1]: expected a non-empty list"),
     ("train_gan", "model.generator.latent_dim=big", "model.generator.latent_dim='big': expected an integer"),

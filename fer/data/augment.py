@@ -55,7 +55,11 @@ def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> nn.M
 class BatchAugment(nn.Module):
     """Random resized crop + horizontal flip + small rotation/translation + random erasing.
 
-    Input (B, 1, H, W) float in [0, 1]; output (B, 1, output_size, output_size), same range.
+    Input (B, 1, H, W) float in [0, 1]; output (B, 1, output_size, output_size), same range: the crops
+    are taken relative to the evaluation view (the central `output_size` window). `resolution` samples
+    that view at fewer pixels (progressive resizing: cheaper early epochs), None at `output_size`.
+    `alternate_flip` (airbench's derandomized flip): the caller says which images to mirror, each image
+    every other epoch (see FERDataModule), instead of a coin toss with probability `flip`.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class BatchAugment(nn.Module):
         translate: float = 0.1,
         erase: float = 0.25,
         erase_scale: Sequence[float] = (0.02, 0.15),
+        alternate_flip: bool = False,
     ):
         super().__init__()
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
@@ -75,17 +80,20 @@ class BatchAugment(nn.Module):
         for name, p in (("flip", flip), ("erase", erase)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {p}")
-        self.output_size = output_size
+        self.output_size, self.resolution = output_size, None
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.flip, self.degrees, self.translate = flip, degrees, translate
         self.erase, self.erase_scale = erase, tuple(erase_scale)
+        self.alternate_flip = alternate_flip
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        grid = F.affine_grid(self._random_affine(images), [len(images), 1, self.output_size, self.output_size], align_corners=False)
+    def forward(self, images: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """`mirror`: (B,) bools, which images to flip (with `alternate_flip`); None tosses a coin each."""
+        size = self.resolution or self.output_size
+        grid = F.affine_grid(self._random_affine(images, mirror), [len(images), 1, size, size], align_corners=False)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         return self._random_erase(out) if self.erase > 0 else out
 
-    def _random_affine(self, images: torch.Tensor) -> torch.Tensor:
+    def _random_affine(self, images: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:
         """(B, 2, 3) matrices mapping output coordinates to input coordinates, in [-1, 1] units."""
         n, device = len(images), images.device
 
@@ -102,7 +110,7 @@ class BatchAugment(nn.Module):
         shift_x = (1 - width) * uniform(-1, 1) + uniform(-self.translate, self.translate) * 2
         shift_y = (1 - height) * uniform(-1, 1) + uniform(-self.translate, self.translate) * 2
         angle = uniform(-self.degrees, self.degrees).deg2rad()
-        mirror = torch.where(torch.rand(n, device=device) < self.flip, -1.0, 1.0)
+        mirror = torch.where(torch.rand(n, device=device) < self.flip if mirror is None else mirror.to(device), -1.0, 1.0)
         cos, sin = angle.cos(), angle.sin()
         # crop-scale x rotation x mirror, then shift
         return torch.stack(

@@ -81,6 +81,7 @@ class FERDataModule(L.LightningDataModule):
         except (TypeError, ValueError) as error:
             raise FERError(f"data.augment: {error}") from error
         self.splits: dict[str, Split] = {}
+        self._flip_parity: torch.Tensor | None = None  # per training row, for augment.alternate_flip
 
     # -- data ------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -135,7 +136,7 @@ class FERDataModule(L.LightningDataModule):
                 raise FERError("data.balance=oversample is not sharded across DDP processes: use data.balance=class_weights")
         else:
             sampler = self._sampler(len(split), shuffle=True)
-        return self._loader(split, IndexBatches(sampler, self.hparams.batch_size, drop_last=True))
+        return self._loader(split, IndexBatches(sampler, self.hparams.batch_size, drop_last=True), with_indices=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -161,8 +162,9 @@ class FERDataModule(L.LightningDataModule):
                                       shuffle=shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return RandomSampler(range(size)) if shuffle else SequentialSampler(range(size))
 
-    def _loader(self, split: Split, batches: BatchSampler) -> DataLoader:
-        tensors = (split.images, split.labels)
+    def _loader(self, split: Split, batches: BatchSampler, with_indices: bool = False) -> DataLoader:
+        """Batches of (images, labels), and with `with_indices` their rows in the split (for the alternating flip)."""
+        tensors = (split.images, split.labels) + ((torch.arange(len(split)),) if with_indices else ())
         if self.hparams.on_device and self.trainer is not None:
             tensors = tuple(t.to(self.trainer.strategy.root_device) for t in tensors)
         # batch_size=None: each sampled item is already a whole batch of indices.
@@ -170,13 +172,24 @@ class FERDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available() and not self.hparams.on_device)
 
     # -- device-side transforms ------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        images, labels = batch
+    def on_after_batch_transfer(self, batch: Sequence[torch.Tensor], dataloader_idx: int):
+        images, labels = batch[:2]
         if self.trainer is not None and self.trainer.training:
-            return self.augment(to_float(images)), labels
+            return self.augment(to_float(images), self.mirrored(batch[2], self.trainer.current_epoch)), labels
         if self.trainer is not None and self.trainer.predicting and self.hparams.tta != "none":
             return tta_views(to_float(images), self.hparams.tta, self.hparams.image_size), labels
         return self.eval_transform(images), labels
+
+    def mirrored(self, indices: torch.Tensor, epoch: int) -> torch.Tensor | None:
+        """With `augment.alternate_flip`, which of the training rows `indices` are mirrored in `epoch`: each
+        row every other epoch, from a random starting parity per row (drawn from the run's seed, so a
+        resumed run keeps it); else None (a coin toss per image)."""
+        if not self.augment.alternate_flip:
+            return None
+        if self._flip_parity is None:
+            seed = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            self._flip_parity = torch.randint(0, 2, (len(self.splits["train"]),), generator=seed)
+        return (self._flip_parity[indices.cpu()] + epoch) % 2 == 1
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         """The deterministic view of uint8 (B, 48, 48) faces that the model is evaluated on."""

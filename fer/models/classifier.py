@@ -41,6 +41,12 @@ class EmotionClassifier(L.LightningModule):
     al. 2021). `mixup_alpha` / `cutmix_alpha` > 0 mix training batches (the loss takes the soft targets, the
     metrics the hard labels); `compile` compiles the net in place for training only, so checkpoints
     keep plain parameter names and evaluation does not compile.
+
+    `distill` (Hinton et al. 2015): `{teachers: [classifier checkpoints], weight, temperature}` adds
+    weight x T^2 x KL(teachers' mean softened probabilities || the student's) to the loss, on the same
+    augmented batch; the teachers' soft targets carry FER-2013's label ambiguity. They are loaded when
+    training starts, frozen, and never part of the student's checkpoint; their forward passes count in
+    the run's FLOP.
     """
 
     def __init__(
@@ -56,10 +62,11 @@ class EmotionClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         compile: bool = False,
+        distill: dict | None = None,
     ):
         super().__init__()
-        net, optimizer, scheduler, class_weights, logit_adjustment = (
-            _plain(c) for c in (net, optimizer, scheduler, class_weights, logit_adjustment))
+        net, optimizer, scheduler, class_weights, logit_adjustment, distill = (
+            _plain(c) for c in (net, optimizer, scheduler, class_weights, logit_adjustment, distill))
         self.save_hyperparameters(logger=False)  # train() logs the whole run config with final metrics
         self.net = instantiate(net)
         if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs under mixed precision
@@ -79,6 +86,7 @@ class EmotionClassifier(L.LightningModule):
         self.val_scores = scores.clone(prefix="val/")
         self.test_scores = scores.clone(prefix="test/")
         self.val_recall = MulticlassRecall(num_classes, average="none")
+        self.teachers: list[EmotionClassifier] = []  # a plain list: not submodules, so not in the checkpoint
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardize(images))
@@ -97,6 +105,15 @@ class EmotionClassifier(L.LightningModule):
     def on_fit_start(self):
         if self.hparams.compile:
             self.net.compile()  # in place: the state dict keeps its names (no `_orig_mod.`)
+        if self.hparams.distill and not self.teachers:
+            self.teachers = [load_classifier(path)[0].requires_grad_(False).to(self.device) for path in self.hparams.distill["teachers"]]
+
+    def distillation_loss(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """T^2 x KL(the teachers' mean softened probabilities || the student's softened probabilities)."""
+        temperature = self.hparams.distill.get("temperature", 1.0)
+        with torch.no_grad():
+            target = torch.stack([t(images).div(temperature).softmax(dim=1) for t in self.teachers]).mean(dim=0)
+        return F.kl_div(logits.div(temperature).log_softmax(dim=1), target, reduction="batchmean") * temperature**2
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -105,6 +122,11 @@ class EmotionClassifier(L.LightningModule):
             images, targets = self.mix(images, labels)
         logits = self(images)
         loss = self._loss(logits, targets)
+        if self.teachers:
+            weight = self.hparams.distill.get("weight", 0.5)
+            distillation = self.distillation_loss(logits, images)
+            self.log("train/distill_loss", distillation, on_step=False, on_epoch=True)
+            loss = (1 - weight) * loss + weight * distillation
         self.train_scores.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_scores, on_step=False, on_epoch=True)

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-from fer import EMOTIONS
+from fer import EMOTIONS, FERError
 from fer.progress import clock, time_left
 from fer.reports.figures import confusion_matrix_figure, curves_figure, image_grid, save
 from fer.reports.gan_quality import measure_quality, quality_scalars
@@ -74,17 +74,18 @@ class RunETA(L.Callback):
 
 
 class TrainingFlops(L.Callback):
-    """The run's training compute, the budget that does not vary with the machine: the FLOP of one
-    training batch (forward and backward, counted by torch's FlopCounterMode on the first batch of
-    the session) times the batches trained so far, logged as `train/pflop` after every epoch (and so
-    kept in the hparams table with the final metrics)."""
+    """The run's training compute, the budget that does not vary with the machine: the FLOP of a
+    training batch (forward and backward, counted by torch's FlopCounterMode on the first batch of each
+    epoch, since progressive resizing changes it) times the epoch's batches, summed over the epochs
+    and logged as `train/pflop` after every epoch (and so kept in the run's metrics.json)."""
 
     def __init__(self) -> None:
+        self.flop = 0.0
         self.flops_per_batch: float | None = None
         self._counter: FlopCounterMode | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
-        if self.flops_per_batch is None and self._counter is None:
+        if batch_idx == 0:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
@@ -95,14 +96,29 @@ class TrainingFlops(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.flops_per_batch is not None:
-            batches = trainer.num_training_batches * (trainer.current_epoch + 1)
-            pl_module.log("train/pflop", self.flops_per_batch * batches / 1e15, on_epoch=True)
+            self.flop += self.flops_per_batch * trainer.num_training_batches
+            pl_module.log("train/pflop", self.flop / 1e15, on_epoch=True)
 
     def state_dict(self) -> dict:
-        return {"flops_per_batch": self.flops_per_batch}
+        return {"flop": self.flop}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.flops_per_batch = state_dict["flops_per_batch"]
+        self.flop = state_dict["flop"]
+
+
+class ProgressiveResize(L.Callback):
+    """Progressive resizing: the training view sampled at fewer pixels in early epochs (cheaper
+    batches, the same field of view), full size from the last entry on. `schedule` maps a first epoch
+    to a resolution, e.g. {0: 32, 20: 40}; the evaluation view never changes."""
+
+    def __init__(self, schedule: dict[int, int]):
+        self.schedule = sorted((int(epoch), int(size)) for epoch, size in schedule.items())
+        if not self.schedule or self.schedule[0][0] != 0 or any(size < 8 for _, size in self.schedule):
+            raise FERError(f"callbacks.progressive_resize.schedule must start at epoch 0 with sizes >= 8, got {dict(schedule)}")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        size = [size for epoch, size in self.schedule if epoch <= trainer.current_epoch][-1]
+        trainer.datamodule.augment.resolution = size
 
 
 class TrainingCurves(L.Callback):
