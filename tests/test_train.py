@@ -219,14 +219,16 @@ def test_schemas_name_the_key_the_value_and_what_is_expected(tmp_path, name, ove
 
 
 @pytest.mark.parametrize("name", ["train", "train_gan", "pipeline", "evaluate", "visualize", "ship_model", "generate",
-                                  "bench_train", "bench_predict", "load_serve"])
+                                  "bench_train", "bench_predict", "load_serve", "compare_fer_package"])
 def test_every_entry_takes_the_same_data_overrides_and_its_defaults_pass_its_schema(tmp_path, name):
     from fer import schema
 
     schemas = {"train": schema.Train, "train_gan": schema.TrainGan, "pipeline": schema.Pipeline, "evaluate": schema.Evaluate,
                "visualize": schema.Visualize, "ship_model": schema.Ship, "generate": schema.Generate,
-               "bench_train": schema.BenchTrain, "bench_predict": schema.BenchPredict, "load_serve": schema.LoadServe}
-    required = {"evaluate": ["ckpt_path=a.ckpt"], "ship_model": ["ckpt_path=a.ckpt"], "generate": ["gan_ckpt=g.ckpt"]}
+               "bench_train": schema.BenchTrain, "bench_predict": schema.BenchPredict, "load_serve": schema.LoadServe,
+               "compare_fer_package": schema.CompareFerPackage}
+    required = {"evaluate": ["ckpt_path=a.ckpt"], "ship_model": ["ckpt_path=a.ckpt"], "generate": ["gan_ckpt=g.ckpt"],
+                "compare_fer_package": ["tflite_model=m.tflite"]}
     cfg = compose_config(name, tmp_path, ["data.root=/somewhere/fer", "data.cache_dir=/somewhere/cache",
                                           *required.get(name, [])])
     schema.validate(cfg, schemas[name])
