@@ -99,6 +99,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert resumed["global_step"] == full["global_step"] == 2 * steps_per_epoch
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch_000.ckpt").exists()  # epoch 0 was not trained again
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
+    pflop = [json.loads((tmp_path / run / "metrics.json").read_text())["train_pflop"] for run in ("full", "resumed")]
+    assert pflop[0] == pytest.approx(pflop[1]) and pflop[0] > 0  # the compute of both epochs, the first one's carried over
 
 
 @pytest.mark.slow

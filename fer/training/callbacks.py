@@ -76,8 +76,9 @@ class RunETA(L.Callback):
 class TrainingFlops(L.Callback):
     """The run's training compute, the budget that does not vary with the machine: the FLOP of a
     training batch (forward and backward, counted by torch's FlopCounterMode on the first batch of each
-    epoch, since progressive resizing changes it) times the epoch's batches, summed over the epochs
-    and logged as `train/pflop` after every epoch (and so kept in the run's metrics.json)."""
+    epoch, since progressive resizing changes it) times the epoch's batches (of every DDP process),
+    summed over the epochs and logged as `train/pflop` after every epoch (and so kept in the run's
+    metrics.json and in its checkpoints, so a resumed run goes on counting)."""
 
     def __init__(self) -> None:
         self.flop = 0.0
@@ -85,7 +86,7 @@ class TrainingFlops(L.Callback):
         self._counter: FlopCounterMode | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
-        if batch_idx == 0:
+        if batch_idx == 0 or self.flops_per_batch is None:  # each epoch's first batch, and a resumed run's
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
@@ -96,7 +97,7 @@ class TrainingFlops(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.flops_per_batch is not None:
-            self.flop += self.flops_per_batch * trainer.num_training_batches
+            self.flop += self.flops_per_batch * trainer.num_training_batches * trainer.world_size  # every process's batches
             pl_module.log("train/pflop", self.flop / 1e15, on_epoch=True)
 
     def state_dict(self) -> dict:
