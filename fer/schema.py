@@ -82,9 +82,28 @@ class DataSplit(str, Enum):
 
 
 class TTA(str, Enum):
+    default = "default"  # the views the checkpoint was shipped with (none when it never was)
     none = "none"
     flip = "flip"
     tencrop = "tencrop"
+
+
+class ShipTTA(str, Enum):
+    auto = "auto"
+    none = "none"
+    flip = "flip"
+
+
+class AdjustmentMethod(str, Enum):
+    auto = "auto"
+    prior = "prior"
+    bias = "bias"
+    none = "none"
+
+
+class AdjustmentCriterion(str, Enum):
+    macro_f1 = "macro_f1"
+    balanced_accuracy = "balanced_accuracy"
 
 
 @dataclass
@@ -253,6 +272,7 @@ class Evaluate:
     split: Split = MISSING
     tta: TTA = MISSING
     adjust: bool = MISSING
+    device: str = MISSING
     grid_size: int = non_negative()
     data: EvaluateData = nested(EvaluateData)
 
@@ -274,11 +294,18 @@ class ShipOnnx:
 
 
 @dataclass
+class ShipAdjustment:
+    method: AdjustmentMethod = MISSING
+    criterion: AdjustmentCriterion = MISSING
+    max_accuracy_drop: float = fraction()
+
+
+@dataclass
 class Ship:
     ckpt_path: str = MISSING
     out_dir: str = MISSING
-    logit_adjustment: bool = MISSING
-    max_accuracy_drop: float = fraction()
+    tta: ShipTTA = MISSING
+    adjustment: ShipAdjustment = nested(ShipAdjustment)
     onnx: ShipOnnx = nested(ShipOnnx)
     data: EvaluateData = nested(EvaluateData)
 

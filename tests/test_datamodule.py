@@ -84,8 +84,6 @@ def test_oversampling_balances_the_classes(tmp_path):
     ({"augment": {"flip": 2.0}}, "data.augment: flip is a probability"),
     ({"augment": {"blur": 1.0}}, "data.augment: .*unexpected keyword argument 'blur'"),
     ({"on_device": True, "num_workers": 2}, "data.on_device .* data.num_workers=0"),
-    ({"tta": "rotate"}, "tta must be one of"),
-    ({"tta": "tencrop"}, "tta=tencrop .* data.image_size < 48"),
 ])
 def test_bad_options_are_named(fer_folders, tmp_path, option, message):
     with pytest.raises(FERError, match=message):
@@ -180,16 +178,6 @@ def test_on_device_batches_are_gathered_on_the_device_and_seeded_alike(fer_folde
     runs = [first_batches(), first_batches(), first_batches(on_device=True)]
     for (a, y), (b, z), (c, w) in zip(*runs):
         assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(y, z) and torch.equal(y, w)
-
-
-def test_prediction_batches_carry_the_tta_views(fer_folders, tmp_path):
-    dm = datamodule(fer_folders, tmp_path, image_size=40, tta="tencrop", eval_split="val")
-    dm.setup("predict")
-    dm.trainer = stub_trainer(stage="predicting")
-    images, labels = next(iter(dm.predict_dataloader()))
-    views, y = dm.on_after_batch_transfer((images, labels), 0)
-    assert views.shape == (16, 10, 1, 40, 40) and torch.equal(y, labels)
-    assert torch.equal(views[:, 0], dm.eval_transform(images))  # the first view is the plain evaluation view
 
 
 def test_ddp_processes_get_disjoint_shares_reshuffled_every_epoch(tmp_path):

@@ -13,8 +13,8 @@ from conftest import run_script, tiny_train_overrides, write_folders
 
 from fer import EMOTIONS
 from fer.models.classifier import EmotionClassifier
-from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, load_runtime
-from fer.training.ship import fit_class_bias
+from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, load_runtime, prior_correction
+from fer.training.ship import fit_class_bias, fit_prior_tau
 
 HAPPY = EMOTIONS.index("happy")
 
@@ -54,6 +54,30 @@ def test_fitted_biases_trade_little_accuracy_for_the_rare_class():
     assert abs(sum(bias)) < 1e-3  # centred: only differences between classes matter
 
 
+FER_PRIOR = torch.tensor([3995, 436, 4097, 7215, 4965, 4830, 3171.0]) / 28709  # Training's class frequencies
+
+
+def test_prior_correction_at_tau_0_is_the_identity_and_above_it_favours_rare_classes():
+    probs = (torch.randn(2000, 7, generator=torch.Generator().manual_seed(0)) * 2).softmax(1)
+    assert prior_correction(0.0, FER_PRIOR) == [0.0] * 7
+    assert torch.allclose(adjust_probabilities(probs, prior_correction(0.0, FER_PRIOR)), probs, atol=1e-6)
+    share = lambda tau: float((adjust_probabilities(probs, prior_correction(tau, FER_PRIOR)).argmax(1) == 1).float().mean())  # noqa: E731
+    assert share(0.0) < share(0.5) < share(1.0)  # disgust, the rarest class, is predicted more often
+    assert abs(sum(prior_correction(0.7, FER_PRIOR))) < 1e-3
+
+
+def test_fitted_tau_lifts_the_recall_of_an_under_predicted_rare_class():
+    # a model that learnt the training prior: rare classes' logits sit log(prior) lower
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.multinomial(torch.ones(7), 5000, replacement=True, generator=generator)  # a balanced test set
+    logits = torch.randn(5000, 7, generator=generator) + 2.0 * torch.nn.functional.one_hot(labels, 7) + FER_PRIOR.log()
+    probs = logits.softmax(1)
+    tau = fit_prior_tau(probs, labels, FER_PRIOR, max_accuracy_drop=0.0, criterion="balanced_accuracy")
+    assert 0.5 <= tau <= 1.5  # near the 1.0 that divides the learnt prior out exactly
+    adjusted = adjust_probabilities(probs, prior_correction(tau, FER_PRIOR)).argmax(1)
+    assert (adjusted[labels == 1] == 1).float().mean() > (probs.argmax(1)[labels == 1] == 1).float().mean() + 0.2
+
+
 def test_flip_tta_averages_the_mirrored_outputs():
     faces, model = random_faces(6), tiny_classifier()
     with torch.inference_mode():
@@ -71,6 +95,23 @@ def test_temperature_keeps_the_decision_and_biases_apply_after_averaging():
     probs = torch.tensor([[0.5, 0.3, 0.2, 0, 0, 0, 0]]).clamp_min(1e-6)
     assert adjust_probabilities(probs, None, 3.0).argmax() == 0
     assert adjust_probabilities(probs, [0, 1.0, 0, 0, 0, 0, 0]).argmax() == 1  # log .3 + 1 > log .5
+
+
+def test_the_graph_with_flip_views_and_the_prior_correction_computes_what_pytorch_does(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fer.training.export import export_onnx
+    from fer.models.deploy import onnx_session
+
+    faces = random_faces(64, seed=3)
+    classifier = FaceClassifier(tiny_classifier(), 40, temperature=0.9, class_bias=prior_correction(0.6, FER_PRIOR), tta="flip")
+    export_onnx(classifier, tmp_path / "flip.onnx", {"tta": "flip"})
+    with torch.inference_mode():
+        expected = classifier(faces)
+    got = torch.from_numpy(onnx_session(tmp_path / "flip.onnx").run(None, {"faces": faces.numpy()})[0])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    with torch.inference_mode():
+        assert not torch.allclose(expected, FaceClassifier(tiny_classifier(), 40, 0.9, prior_correction(0.6, FER_PRIOR))(faces))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +133,12 @@ def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
     assets, _, result = shipped
     card = json.loads((assets / "model_card.json").read_text())
     classifier, checkpoint = load_face_classifier(assets / "emotion_classifier.ckpt")
-    assert checkpoint["class_bias"] == list(card["logit_adjustment"]["class_bias"].values())
+    assert checkpoint["class_bias"] == list(card["adjustment"]["class_bias"].values())
+    assert card["adjustment"]["method"] in ("prior", "bias") and set(card["adjustment"]["two_fold"]) == {"prior", "bias"}
+    if card["adjustment"]["method"] == "prior":
+        assert checkpoint["class_bias"] == prior_correction(card["adjustment"]["tau"], list(card["adjustment"]["training_prior"].values()))
+    assert checkpoint["tta"] == card["public_test"]["tta"] == classifier.tta in ("none", "flip")
+    assert f"tta={checkpoint['tta']} adjustment={card['adjustment']['method']}" in result.stdout
     assert classifier.class_bias.tolist() == pytest.approx(checkpoint["class_bias"])
     assert set(card["public_test"]["variants"]) == {"plain", "plain_flip", "adjusted", "adjusted_flip"}
     assert card["onnx"]["precision"] in ("fp32", "int8") and (assets / "emotion_classifier.onnx").is_file()
@@ -109,8 +155,9 @@ def test_runtime_runs_the_shipped_graph_with_the_biases(shipped, caplog):
     faces = random_faces(64, seed=1)
     biased = torch.tensor(torch.load(ckpt, weights_only=True)["class_bias"])
 
+    card = json.loads((assets / "model_card.json").read_text())
     runtime = load_runtime(ckpt)
-    assert runtime.description == "onnxruntime emotion_classifier.onnx"
+    assert runtime.description == f"onnxruntime emotion_classifier.{'int8.' if card['onnx']['precision'] == 'int8' else ''}onnx"
     with torch.inference_mode():
         expected = runtime.classifier(faces)
     got = torch.from_numpy(runtime(faces.numpy()))
@@ -128,14 +175,31 @@ def test_runtime_runs_the_shipped_graph_with_the_biases(shipped, caplog):
     assert forced_runtime.session is not None
     assert (forced_runtime(faces.numpy()).argmax(1) == HAPPY).all()
 
-    # the graph of another file is not used; neither is any with flip TTA: one info line says why
+    # the graph of another file is not used; nor for other views than its own, nor for the bare net: one info line says why
+    shipped_tta = runtime.classifier.tta
+    other = "none" if shipped_tta == "flip" else "flip"
     shutil.copy(assets / "emotion_classifier.onnx", assets / "forced.onnx")
     with caplog.at_level(logging.INFO, logger="fer.models.deploy"):
         assert load_runtime(assets / "forced.ckpt").session is None
-        assert load_runtime(ckpt, tta="flip").session is None
-    assert [r.getMessage() for r in caplog.records if r.name == "fer.models.deploy"] == [
+        assert load_runtime(ckpt, tta=other).session is None
+        assert load_runtime(ckpt, adjust=False).session is None
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("classifier runs on PyTorch")] == [
         "classifier runs on PyTorch: forced.onnx was not made from this checkpoint",
-        "classifier runs on PyTorch: tta=flip runs on PyTorch (the ONNX graph has no test-time augmentation)"]
+        f"classifier runs on PyTorch: tta={other} runs on PyTorch (emotion_classifier.onnx averages the views tta={shipped_tta})",
+        "classifier runs on PyTorch: adjust=false runs on PyTorch (the ONNX graph holds the class biases and temperature)"]
+
+
+def test_without_its_int8_graph_the_runtime_runs_the_fp32_one_and_says_so(shipped, tmp_path, caplog):
+    assets, _, _ = shipped
+    for name in ("emotion_classifier.ckpt", "emotion_classifier.onnx"):
+        shutil.copy(assets / name, tmp_path / name)
+    with caplog.at_level(logging.INFO, logger="fer.models.deploy"):
+        runtime = load_runtime(tmp_path / "emotion_classifier.ckpt")
+    assert runtime.description == "onnxruntime emotion_classifier.onnx"
+    assert [r.getMessage() for r in caplog.records if r.name == "fer.models.deploy"] == [
+        "classifier runs the fp32 graph emotion_classifier.onnx: no graph emotion_classifier.int8.onnx beside it "
+        f"(fer-export --checkpoint {tmp_path / 'emotion_classifier.ckpt'} -o {tmp_path / 'emotion_classifier.onnx'} "
+        "--int8 --data <FER-2013 root> makes it)"]
 
 
 def test_evaluate_applies_the_stored_biases_unless_told_not_to(shipped, tmp_path):
@@ -145,7 +209,6 @@ def test_evaluate_applies_the_stored_biases_unless_told_not_to(shipped, tmp_path
     torch.save(forced, tmp_path / "forced.ckpt")
     for adjust in ("true", "false"):
         run_script("evaluate.py", [f"ckpt_path={tmp_path / 'forced.ckpt'}", "split=val", f"data.root={root}", f"adjust={adjust}",
-                                   "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
                                    f"hydra.run.dir={tmp_path / adjust}"], cwd=tmp_path)
     adjusted = json.loads((tmp_path / "true" / "metrics.json").read_text())
     plain = json.loads((tmp_path / "false" / "metrics.json").read_text())

@@ -27,8 +27,7 @@ def tiny_checkpoint(path, seed: int, image_size: int) -> EmotionClassifier:
 
 
 def evaluate_config(tmp_path, root, ckpt_path: str, tta: str):
-    return compose_config("evaluate", tmp_path, [f"ckpt_path={ckpt_path}", f"data.root={root}", "split=val", f"tta={tta}",
-                                                 "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
+    return compose_config("evaluate", tmp_path, [f"ckpt_path={ckpt_path}", f"data.root={root}", "split=val", f"tta={tta}"])
 
 
 @pytest.mark.parametrize("tta", ["none", "flip"])

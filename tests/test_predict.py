@@ -129,10 +129,13 @@ def test_shipped_model_is_small_calibrated_and_described():
 def test_evaluate_accepts_the_shipped_model(tmp_path):
     root = write_folders(tmp_path / "fer2013", {"Training": 1, "PublicTest": 2})
     run_script("evaluate.py", [f"ckpt_path={SHIPPED_MODEL}", "split=val", f"data.root={root}",
-                               "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
                                f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 14 and str(SHIPPED_MODEL) in json.dumps(metrics)
+    # scored as prediction classifies a face: the shipped views, through the shipped graph
+    member = metrics["members"][0]
+    assert member["tta"] == torch.load(SHIPPED_MODEL, weights_only=True).get("tta", "none")
+    assert member["runtime"].startswith("onnxruntime emotion_classifier")
 
 
 # -- recognizer API --------------------------------------------------------------------------------

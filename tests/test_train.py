@@ -76,7 +76,7 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     assert "val/confusion_matrix" in events.Tags()["images"]
 
     result = run_script("evaluate.py", [f"ckpt_path={last}", "split=test", f"data.root={fer_folders}",
-                                        f"hydra.run.dir={tmp_path / 'eval'}", "trainer.accelerator=cpu"], cwd=tmp_path)
+                                        f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)
     last_line = result.stdout.strip().splitlines()[-1]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert last_line == f"accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} n=28"
@@ -180,7 +180,7 @@ def test_bad_input_gets_one_clear_line(fer_folders, tmp_path):
     ("train.py", "model.optimizer.lr=abc", "error: model.optimizer.lr='abc': expected a number"),
     ("train.py", "data.batch_size=-5", "error: data.batch_size=-5: expected a positive number"),
     ("pipeline.py", "classifier.trainer.max_epochs=0", "error: classifier.trainer.max_epochs=0: expected a number of epochs"),
-    ("evaluate.py", "tta=sideways", "error: tta='sideways': expected one of [none, flip, tencrop]"),
+    ("evaluate.py", "tta=sideways", "error: tta='sideways': expected one of [default, none, flip, tencrop]"),
     ("train.py", "model.net.stages=abc", "error: model.net.stages='abc': expected a list of stages, each a non-empty list"),
 ])
 def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, script, override, line):
@@ -197,7 +197,7 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("train", "model.net.dropout=1.0", "model.net.dropout=1.0: expected a probability in [0, 1)"),
     ("train", "data.align=maybe", "data.align='maybe': expected true or false"),
     ("train_gan", "model.lr=-1", "model.lr=-1: expected a positive number"),
-    ("ship_model", "max_accuracy_drop=2", "max_accuracy_drop=2: expected a number in [0, 1]"),
+    ("ship_model", "adjustment.max_accuracy_drop=2", "adjustment.max_accuracy_drop=2: expected a number in [0, 1]"),
     ("bench_predict", "batch_size=0", "batch_size=0: expected a positive number"),
     ("generate", "generate.batch_size=x", "generate.batch_size='x': expected an integer"),
     ("train", "model.net.stages=[16,32]", "model.net.stages=[16, 32]: expected a list of stages"),

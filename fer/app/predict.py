@@ -227,8 +227,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="a checkpoint of this project (default: the shipped model)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=256, help="faces per classifier batch")
-    parser.add_argument("--tta", choices=["none", "flip"], default="none",
-                        help="flip: average each face with its mirror image (slower; runs on PyTorch)")
+    parser.add_argument("--tta", choices=["default", "none", "flip"], default="default",
+                        help="views averaged per face: default = the model's own (the shipped model: flip), "
+                             "none = the face alone, flip = it and its mirror image")
     parser.add_argument("--max-frames", type=int, help="stop each video or webcam after this many used frames")
     parser.add_argument("--no-annotate", action="store_true", help="write only predictions.json/csv and plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -71,16 +71,17 @@ def _round(values: np.ndarray, digits: int) -> list:
 class Recognizer:
     """Detector + aligner + calibrated classifier. `checkpoint` defaults to the shipped model, run
     by ONNX Runtime where its graph is shipped and the `onnx` extra installed (PyTorch otherwise);
-    `tta="flip"` averages each face with its mirror image. Faces smaller than `min_face_size`
+    `tta` sets the views averaged per face ("default": those the checkpoint was shipped with; "none":
+    the face alone; "flip": it and its mirror image). Faces smaller than `min_face_size`
     pixels or detected below `min_confidence` are ignored."""
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", min_face_size: int = 40,
-                 min_confidence: float = 0.9, batch_size: int = 256, tta: str = "none") -> None:
+                 min_confidence: float = 0.9, batch_size: int = 256, tta: str = "default") -> None:
         if min_face_size < DETECTOR_MIN_FACE // 2:
             raise ValueError(f"min_face_size must be at least {DETECTOR_MIN_FACE // 2} pixels, got {min_face_size}")
         self.device = torch.device(device)
         self.checkpoint_path = Path(checkpoint or SHIPPED_MODEL)
-        self.classify = load_runtime(self.checkpoint_path, tta, device, batch_size)
+        self.classify = load_runtime(self.checkpoint_path, tta, device=device, batch_size=batch_size)
         """(N, 48, 48) uint8 aligned faces -> (N, 7) calibrated probabilities"""
         self.min_confidence = min_confidence
         self.detection_scale = min(1.0, DETECTOR_MIN_FACE / min_face_size)

@@ -169,6 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="images analysed at once")
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get 503")
     parser.add_argument("--min-face", type=int, default=40, metavar="PX", help="smallest face size in pixels")
+    parser.add_argument("--tta", choices=["default", "none", "flip"], default="default",
+                        help="views averaged per face: default = the model's own, none = the face alone, flip = + mirror")
     args = parser.parse_args(argv)
     for name in ("workers", "max_upload_mb"):
         if getattr(args, name) <= 0:
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         listening_socket = bind(args.host, args.port)
-        recognizer = Recognizer(args.model, min_face_size=args.min_face)
+        recognizer = Recognizer(args.model, min_face_size=args.min_face, tta=args.tta)
     except (FERError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from torch.utils.data import (
 )
 
 from fer import EMOTIONS, FERError
-from fer.data.augment import TTA_MODES, BatchAugment, center_crop, to_float, tta_views
+from fer.data.augment import BatchAugment, center_crop, to_float
 from fer.data.fer2013 import Split, aligned_split, load_image_folder, load_split
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ class FERDataModule(L.LightningDataModule):
     Batches are whole index lists into in-memory uint8 tensors (no per-sample Python); they are
     converted, augmented (training only) and cropped after the transfer to the training device.
     With `on_device`, the tensors themselves are moved to that device once per loader, so a batch
-    is gathered there and nothing crosses the bus per step. `tta` sets the views that prediction
-    averages (see `tta_views`). Under DDP each process loads its own share of the batches (the
+    is gathered there and nothing crosses the bus per step. Under DDP each process loads its own share of the batches (the
     trainer's `use_distributed_sampler` must be off: conf/trainer/ddp.yaml).
     """
 
@@ -57,7 +56,6 @@ class FERDataModule(L.LightningDataModule):
         eval_split: str = "test",
         num_workers: int = 0,
         on_device: bool = False,
-        tta: str = "none",
     ):
         super().__init__()
         if balance not in BALANCE_OPTIONS:
@@ -71,10 +69,6 @@ class FERDataModule(L.LightningDataModule):
             raise FERError(f"data.image_size must be between 8 and 48 (a crop of the 48x48 faces), got {image_size}")
         if on_device and num_workers:
             raise FERError(f"data.on_device keeps the data on the training device: it needs data.num_workers=0, got {num_workers}")
-        if tta not in TTA_MODES:
-            raise FERError(f"tta must be one of {list(TTA_MODES)}, got {tta!r}")
-        if tta == "tencrop" and image_size == 48:
-            raise FERError("tta=tencrop takes crops of the 48x48 faces: it needs data.image_size < 48, got 48")
         self.save_hyperparameters(logger=False)
         try:
             self.augment = BatchAugment(output_size=image_size, **(augment or {}))
@@ -176,8 +170,6 @@ class FERDataModule(L.LightningDataModule):
         images, labels = batch[:2]
         if self.trainer is not None and self.trainer.training:
             return self.augment(to_float(images), self.mirrored(batch[2], self.trainer.current_epoch)), labels
-        if self.trainer is not None and self.trainer.predicting and self.hparams.tta != "none":
-            return tta_views(to_float(images), self.hparams.tta, self.hparams.image_size), labels
         return self.eval_transform(images), labels
 
     def mirrored(self, indices: torch.Tensor, epoch: int) -> torch.Tensor | None:

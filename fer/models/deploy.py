@@ -1,14 +1,17 @@
 """The classifier as prediction uses it: aligned uint8 faces in, adjusted and calibrated probabilities out.
 
 One module holds everything between an aligned 48x48 face and its 7 probabilities (the
-checkpoint's evaluation crop, optional test-time augmentation, the network, the per-class biases
-of post-hoc logit adjustment and the fitted temperature), so PyTorch prediction, evaluation and
-the exported fp32 ONNX graph compute the same thing (an int8 graph: within the tolerance the ship
-stage checks on PublicTest).
+checkpoint's evaluation crop, its test-time views, the network, the per-class biases of post-hoc
+logit adjustment and the fitted temperature), so PyTorch prediction, evaluation and the exported
+fp32 ONNX graph compute the same thing (an int8 graph: within the tolerance the ship stage checks
+on PublicTest).
 
-A shipped checkpoint `X.ckpt` may have its ONNX graph beside it, `X.onnx` (written by the ship
-stage, int8 where that keeps PublicTest accuracy): `load_runtime` runs that graph with ONNX
-Runtime when the `onnx` extra is installed, and the PyTorch module otherwise.
+A shipped checkpoint says which views its prediction averages (`tta`, flip where that raised
+PublicTest accuracy) and carries its class biases (`class_bias`, e.g. the one-parameter prior
+correction -tau * log(Training prior)). It may have its ONNX graph beside it, `X.onnx` for `X.ckpt`
+and its int8 copy `X.int8.onnx` (written by the ship stage with those views and biases inside; the
+int8 one only where it keeps PublicTest accuracy): `load_runtime` runs the int8 graph, else the
+fp32 one, with ONNX Runtime when the `onnx` extra is installed, and the PyTorch module otherwise.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def adjust_probabilities(probs: torch.Tensor, class_bias: torch.Tensor | Sequenc
     return (log_probs / temperature).softmax(dim=-1)
 
 
+def prior_correction(tau: float, prior: torch.Tensor | Sequence[float]) -> list[float]:
+    """The class biases -tau * log(prior), centred: one parameter that moves decisions towards the
+    classes that were rare in training (tau = 0: no change; tau = 1: the full prior divided out)."""
+    bias = -tau * torch.as_tensor(prior, dtype=torch.float64).clamp_min(1e-12).log()
+    return [round(float(b), 4) for b in bias - bias.mean()]
+
+
 class FaceClassifier(nn.Module):
     """(N, 48, 48) uint8 aligned grayscale faces -> (N, 7) probabilities: the mean softmax over the
     `tta` views (none | flip | tencrop) of the checkpoint's evaluation crop, then adjusted by the class
@@ -53,6 +63,8 @@ class FaceClassifier(nn.Module):
                  class_bias: Sequence[float] | None = None, tta: str = "none"):
         super().__init__()
         tta_views(torch.zeros(1, 1, image_size, image_size), tta, image_size)  # rejects an unknown mode here
+        if tta == "tencrop" and image_size == 48:
+            raise ValueError("tta=tencrop takes crops of the 48x48 faces: it needs a model trained with data.image_size < 48")
         self.model = model.eval()
         self.image_size, self.tta = image_size, tta
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -63,13 +75,16 @@ class FaceClassifier(nn.Module):
         return adjust_probabilities(self.model.probabilities(views), self.class_bias, self.temperature)
 
 
-def load_face_classifier(path: str | Path | None = None, tta: str = "none") -> tuple[FaceClassifier, dict]:
+def load_face_classifier(path: str | Path | None = None, tta: str = "default",
+                         adjust: bool = True) -> tuple[FaceClassifier, dict]:
     """A `FaceClassifier` from a checkpoint of ours (default: the shipped model), with its
-    preprocessing, class biases and temperature (none and 1 when the checkpoint was never shipped)."""
+    preprocessing; `tta="default"` takes the views the checkpoint was shipped with (none when it
+    was never shipped); `adjust=False` leaves out its class biases and temperature (the bare net)."""
     model, checkpoint = load_classifier(path or SHIPPED_MODEL)
     image_size = checkpoint.get("datamodule_hyper_parameters", {}).get("image_size", 48)
-    classifier = FaceClassifier(model, image_size, checkpoint.get("temperature", 1.0), checkpoint.get("class_bias"), tta)
-    return classifier, checkpoint
+    tta = checkpoint.get("tta", "none") if tta == "default" else tta
+    bias, temperature = (checkpoint.get("class_bias"), checkpoint.get("temperature", 1.0)) if adjust else (None, 1.0)
+    return FaceClassifier(model, image_size, temperature, bias, tta), checkpoint
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -105,12 +120,26 @@ class FaceClassifierRuntime:
             return torch.cat([self.classifier(torch.from_numpy(b).to(self.device)).float().cpu() for b in batches]).numpy()
 
 
-def onnx_graph_for(checkpoint_path: Path) -> tuple[Path | None, str]:
-    """The ONNX graph shipped beside `checkpoint_path` and made from exactly that file, or None
-    and the reason there is none."""
-    onnx_path = checkpoint_path.with_suffix(".onnx")
+def onnx_graph_for(checkpoint_path: Path, tta: str) -> tuple[Path | None, str]:
+    """The ONNX graph shipped beside `checkpoint_path` and made from exactly that file with the views
+    `tta`: its int8 graph `X.int8.onnx` where there is one (one info line when it falls back to the
+    fp32 `X.onnx`), or None and the reason there is none."""
+    int8, reason = checked_graph(checkpoint_path.with_suffix(".int8.onnx"), checkpoint_path, tta)
+    if int8:
+        return int8, ""
+    fp32, fp32_reason = checked_graph(checkpoint_path.with_suffix(".onnx"), checkpoint_path, tta)
+    if fp32:
+        log.info("classifier runs the fp32 graph %s: %s", fp32.name, reason)
+    return fp32, fp32_reason
+
+
+def checked_graph(onnx_path: Path, checkpoint_path: Path, tta: str) -> tuple[Path | None, str]:
+    """`onnx_path` if it is a readable graph made from `checkpoint_path` with the views `tta`, else
+    None and why not."""
     if not onnx_path.is_file():
-        return None, f"no ONNX graph beside it (fer-export --checkpoint {checkpoint_path} -o {onnx_path} makes one)"
+        int8 = " --int8 --data <FER-2013 root>" if onnx_path.name.endswith(".int8.onnx") else ""
+        return None, (f"no graph {onnx_path.name} beside it "
+                      f"(fer-export --checkpoint {checkpoint_path} -o {checkpoint_path.with_suffix('.onnx')}{int8} makes it)")
     try:
         import onnx
         import onnxruntime  # noqa: F401  (what runs the graph)
@@ -122,19 +151,22 @@ def onnx_graph_for(checkpoint_path: Path) -> tuple[Path | None, str]:
         return None, f"{onnx_path.name} is not a readable ONNX graph ({type(error).__name__})"
     if metadata.get("checkpoint_sha256") != file_sha256(checkpoint_path):
         return None, f"{onnx_path.name} was not made from this checkpoint"
+    if metadata.get("tta", "none") != tta:
+        return None, f"tta={tta} runs on PyTorch ({onnx_path.name} averages the views tta={metadata.get('tta', 'none')})"
     return onnx_path, ""
 
 
-def load_runtime(checkpoint: str | Path | None = None, tta: str = "none", device: str = "cpu",
+def load_runtime(checkpoint: str | Path | None = None, tta: str = "default", adjust: bool = True, device: str = "cpu",
                  batch_size: int = 256, threads: int | None = None) -> FaceClassifierRuntime:
-    """The fastest faithful way to run a checkpoint (default: the shipped model): its ONNX graph
-    under ONNX Runtime when there is one made from it, no test-time augmentation is asked for and
-    the device is the CPU; PyTorch otherwise, saying why in one info line."""
+    """The fastest faithful way to run a checkpoint (default: the shipped model, its shipped views
+    and biases): its ONNX graph under ONNX Runtime when there is one made from it with the views
+    asked for, the biases are wanted and the device is the CPU; PyTorch otherwise, saying why in
+    one info line."""
     path = Path(checkpoint or SHIPPED_MODEL)
-    classifier, ckpt = load_face_classifier(path, tta)
-    onnx_path, reason = onnx_graph_for(path)
-    if onnx_path and tta != "none":
-        onnx_path, reason = None, f"tta={tta} runs on PyTorch (the ONNX graph has no test-time augmentation)"
+    classifier, ckpt = load_face_classifier(path, tta, adjust)
+    onnx_path, reason = onnx_graph_for(path, classifier.tta)
+    if onnx_path and not adjust:
+        onnx_path, reason = None, "adjust=false runs on PyTorch (the ONNX graph holds the class biases and temperature)"
     if onnx_path and device != "cpu":
         onnx_path, reason = None, f"device={device} runs on PyTorch"
     if onnx_path is not None:

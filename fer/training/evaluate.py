@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -19,8 +18,7 @@ from torchmetrics.functional.classification import (
 
 from fer import EMOTIONS, FERError
 from fer.data.datamodule import FERDataModule
-from fer.models.classifier import load_classifier
-from fer.models.deploy import adjust_probabilities
+from fer.models.deploy import load_runtime
 from fer.reports.figures import confusion_matrix_figure, image_grid, save
 
 log = logging.getLogger(__name__)
@@ -57,27 +55,29 @@ def classification_report(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, FERDataModule]:
-    """One checkpoint's class probabilities on `cfg.split` (averaged over the `cfg.tta` views, then
-    adjusted by its class biases and temperature where it has them and `cfg.adjust` is on), and the
-    datamodule that prepared the faces as that checkpoint was trained (alignment, crop size)."""
-    model, checkpoint = load_classifier(path)
-    # how the faces were prepared comes from the checkpoint; where they are, from this config
-    data_options = {**checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
+def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, dict, FERDataModule]:
+    """One checkpoint's class probabilities on `cfg.split` as the default prediction path computes
+    them for a face (the same runtime, its ONNX graph where prediction would run it): the `cfg.tta`
+    views (default: the checkpoint's own), then its class biases and temperature unless `cfg.adjust`
+    is off; what ran; and the datamodule that prepared the faces as that checkpoint was trained."""
     try:
-        datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split, "tta": cfg.tta})
+        runtime = load_runtime(path, cfg.tta, cfg.adjust, cfg.device, cfg.data.eval_batch_size)
+    except ValueError as error:
+        raise FERError(f"{path}: {error}") from error
+    # how the faces were prepared comes from the checkpoint; where they are, from this config
+    data_options = {**runtime.checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
+    try:
+        datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split})
     except FERError as error:
         raise FERError(f"{path}: {error}") from error
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
-    probs = torch.cat(trainer.predict(model, datamodule=datamodule))
-    if cfg.adjust:
-        probs = adjust_probabilities(probs, checkpoint.get("class_bias"), checkpoint.get("temperature", 1.0))
-    return probs, datamodule
+    datamodule.setup("predict")
+    probs = torch.from_numpy(runtime(datamodule.splits[cfg.split].images.numpy()))
+    return probs, {"tta": runtime.classifier.tta, "runtime": runtime.description}, datamodule
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score `cfg.ckpt_path` on `cfg.split` (val = PublicTest, test = PrivateTest or `data.test_dir`)
-    with test-time augmentation `cfg.tta`. A list of checkpoints is an ensemble: the mean of the
+    as prediction would classify those faces (`tta=none adjust=false`: the bare net). A list of checkpoints is an ensemble: the mean of the
     members' probabilities, each member preparing the faces as it was trained."""
     if cfg.split not in SPLIT_NAMES:
         raise FERError(f"split must be one of {list(SPLIT_NAMES)}, got {cfg.split!r}")
@@ -86,14 +86,14 @@ def evaluate(cfg: DictConfig) -> dict:
         raise FERError("ckpt_path is an empty list: give one checkpoint, or several for an ensemble")
     # every member reads the same split of this config's data (alignment keeps order and labels)
     predictions = [predict_member(path, cfg) for path in paths]
-    datamodule = predictions[0][1]  # its view of the faces draws predictions.png
+    datamodule = predictions[0][2]  # its view of the faces draws predictions.png
     split = datamodule.splits[cfg.split]
     members = []
-    for path, (probs, _) in zip(paths, predictions):
+    for path, (probs, how, _) in zip(paths, predictions):
         member = score(probs, split.labels)
-        members.append({"checkpoint": str(path), "accuracy": member["accuracy"], "macro_f1": member["macro_f1"]})
-        log.info("%s: accuracy=%.4f macro_f1=%.4f", path, member["accuracy"], member["macro_f1"])
-    probs = torch.stack([probs for probs, _ in predictions]).mean(dim=0)
+        members.append({"checkpoint": str(path), **how, "accuracy": member["accuracy"], "macro_f1": member["macro_f1"]})
+        log.info("%s (tta=%s, %s): accuracy=%.4f macro_f1=%.4f", path, how["tta"], how["runtime"], member["accuracy"], member["macro_f1"])
+    probs = torch.stack([probs for probs, _, _ in predictions]).mean(dim=0)
 
     source = cfg.data.test_dir if cfg.split == "test" and cfg.data.test_dir else SPLIT_NAMES[cfg.split]
     metrics = {"split": cfg.split, "source": str(source), "tta": cfg.tta, "adjust": cfg.adjust, "members": members,

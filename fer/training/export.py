@@ -1,5 +1,5 @@
-"""`fer-export`: the classifier as an ONNX graph (aligned uint8 faces in, calibrated probabilities
-out), checked against PyTorch with ONNX Runtime; optionally an int8 copy, calibrated on Training faces.
+"""`fer-export`: the classifier as an ONNX graph (aligned uint8 faces in, its test-time views
+averaged, adjusted and calibrated probabilities out), checked against PyTorch with ONNX Runtime; optionally an int8 copy, calibrated on Training faces.
 
     fer-export -o exports/fer.onnx                       (the shipped model)
     fer-export --checkpoint CKPT --int8 --data data/fer2013 -o exports/fer.onnx
@@ -112,12 +112,13 @@ def graph_metadata(classifier: FaceClassifier, checkpoint_path: Path, source: Pa
     """What a graph says about itself; `checkpoint_sha256` ties it to the file it was made from
     (`source`: where that file will be, when it is not there yet)."""
     return {"classes": json.dumps(list(EMOTIONS)), "input": "uint8 (N, 48, 48) aligned grayscale faces",
-            "temperature": str(float(classifier.temperature)), "class_bias": json.dumps(classifier.class_bias.tolist()),
+            "tta": classifier.tta, "temperature": str(float(classifier.temperature)),
+            "class_bias": json.dumps(classifier.class_bias.tolist()),
             "source": str(source or checkpoint_path), "checkpoint_sha256": file_sha256(checkpoint_path), "precision": "fp32"}
 
 
 def export(checkpoint: str | None, output: Path, int8: bool = False, data: str | None = None,
-           cache_dir: str = "data/cache", calibration_size: int = 512) -> dict:
+           cache_dir: str = "data/cache", calibration_size: int = 512, tta: str = "default") -> dict:
     """Export, check and describe; returns the parity report (also written beside the model)."""
     output = Path(output)
     targets = [output, output.with_suffix(".int8.onnx")] if int8 else [output]
@@ -125,7 +126,7 @@ def export(checkpoint: str | None, output: Path, int8: bool = False, data: str |
         raise FERError(f"{', '.join(existing)} already exists: choose another -o (nothing was overwritten)")
     if int8 and not data:
         raise FERError("--int8 needs --data (FER-2013 Training faces calibrate the int8 ranges)")
-    classifier, ckpt = load_face_classifier(checkpoint)
+    classifier, ckpt = load_face_classifier(checkpoint, tta)
     preprocessing = ckpt.get("datamodule_hyper_parameters", {})
     export_onnx(classifier, output, graph_metadata(classifier, Path(checkpoint or SHIPPED_MODEL)))
     if data:
@@ -150,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also write an int8-quantised copy (.int8.onnx)")
     parser.add_argument("--data", help="FER-2013 root: real faces for the parity check and int8 calibration")
     parser.add_argument("--cache-dir", default="data/cache", help="where decoded splits are cached")
+    parser.add_argument("--tta", choices=["default", "none", "flip"], default="default",
+                        help="the views the graph averages (default: those the checkpoint was shipped with)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        report = export(args.checkpoint, args.output, args.int8, args.data, args.cache_dir)
+        report = export(args.checkpoint, args.output, args.int8, args.data, args.cache_dir, tta=args.tta)
     except FERError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1

@@ -129,9 +129,8 @@ def pipeline(cfg: DictConfig) -> dict:
             "split": split,
             **{k: v for k, v in OmegaConf.to_container(cfg.evaluate, resolve=True).items() if k != "splits"},
             "data": {key: classifier_cfg.data[key] for key in ("root", "cache_dir", "test_dir", "eval_batch_size")},
-            "trainer": {key: classifier_cfg.trainer[key] for key in ("accelerator", "devices", "precision")},
+            "device": "cuda" if classifier_cfg.trainer.accelerator in ("gpu", "cuda") else "cpu",
         })
-        evaluate_cfg.trainer.enable_progress_bar = False
         try:
             metrics = evaluate(evaluate_cfg)
         except FERError as error:

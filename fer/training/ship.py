@@ -1,12 +1,13 @@
 """The ship stage: turn a trained checkpoint into the package's default model and its model card.
 
 The route every shipped model takes: score the checkpoint on PublicTest through the same
-`FaceClassifier` that prediction uses; fit there the per-class biases of post-hoc logit
-adjustment (the most macro-F1 for at most `max_accuracy_drop` of accuracy) and then a
-temperature (PublicTest is the selection split; PrivateTest stays untouched); write a small
-weights-only checkpoint that carries both, its ONNX graph (int8 where that keeps PublicTest
-accuracy), and a JSON model card with the training command, config, commit, metrics and
-calibration error.
+`FaceClassifier` that prediction uses; choose there its views (flip TTA where it raises accuracy),
+its class biases (the prior correction -tau * log(Training prior) with one fitted tau, or seven
+free biases where they beat it two-fold; the criterion maximised at most `max_accuracy_drop` of
+accuracy away) and a temperature (PublicTest is the selection split; PrivateTest stays untouched);
+write a small weights-only checkpoint that carries them, its ONNX graphs with all of them inside
+(fp32, and int8 where that keeps PublicTest accuracy), and a JSON model card with the training command,
+config, commit, metrics and calibration error.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from fer import ASSETS, EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule
-from fer.data.fer2013 import save_atomic, write_text_atomic
-from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session
+from fer.data.fer2013 import load_split, save_atomic, write_text_atomic
+from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session, prior_correction
 from fer.training.evaluate import score
 
 log = logging.getLogger(__name__)
@@ -75,73 +76,123 @@ def calibrate(probs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
     }
 
 
+CRITERIA = {
+    "macro_f1": lambda predicted, labels: float(multiclass_f1_score(predicted, labels, len(EMOTIONS), average="macro")),
+    "balanced_accuracy": lambda predicted, labels: float(multiclass_accuracy(predicted, labels, len(EMOTIONS), average="macro")),
+}
+"""What the class biases may maximise on PublicTest (balanced accuracy: the mean recall)."""
+
+
+def _accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(multiclass_accuracy(predicted, labels, len(EMOTIONS), average="micro"))
+
+
 def fit_class_bias(probs: torch.Tensor, labels: torch.Tensor, max_accuracy_drop: float = 0.005,
-                   grid: torch.Tensor | None = None, rounds: int = 3) -> list[float]:
-    """Per-class biases b for argmax(log p + b) that maximise macro-F1 while accuracy stays within
+                   criterion: str = "macro_f1", grid: torch.Tensor | None = None, rounds: int = 3) -> list[float]:
+    """Seven free biases b for argmax(log p + b) that maximise `criterion` while accuracy stays within
     `max_accuracy_drop` of the unadjusted one: coordinate ascent, one class at a time over `grid`."""
     grid = torch.arange(-3, 3.001, 0.05) if grid is None else grid
-    log_probs, k = probs.clamp_min(1e-12).log(), probs.shape[1]
-
-    def measure(bias: torch.Tensor) -> tuple[float, float]:
-        predicted = (log_probs + bias).argmax(1)
-        return (float(multiclass_f1_score(predicted, labels, k, average="macro")),
-                float(multiclass_accuracy(predicted, labels, k, average="micro")))
-
+    log_probs, k, measure = probs.clamp_min(1e-12).log(), probs.shape[1], CRITERIA[criterion]
     bias = torch.zeros(k)
-    best_f1, accuracy = measure(bias)
-    floor = accuracy - max_accuracy_drop
+    best = measure(log_probs.argmax(1), labels)
+    floor = _accuracy(log_probs.argmax(1), labels) - max_accuracy_drop
     for _ in range(rounds):
         improved = False
         for c in range(k):
             for value in grid:
                 candidate = bias.clone()
                 candidate[c] = value
-                f1, acc = measure(candidate)
-                if acc >= floor and f1 > best_f1 + 1e-6:
-                    bias, best_f1, improved = candidate, f1, True
+                predicted = (log_probs + candidate).argmax(1)
+                if _accuracy(predicted, labels) >= floor and (gain := measure(predicted, labels)) > best + 1e-6:
+                    bias, best, improved = candidate, gain, True
         if not improved:
             break
     return [round(float(b), 4) for b in bias - bias.mean()]
 
 
+def fit_prior_tau(probs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, max_accuracy_drop: float = 0.005,
+                  criterion: str = "macro_f1", grid: torch.Tensor | None = None) -> float:
+    """The tau of the prior correction log p - tau * log(prior) that maximises `criterion` while
+    accuracy stays within `max_accuracy_drop` of tau = 0 (the smallest such tau on a tie)."""
+    grid = torch.arange(0, 2.001, 0.05) if grid is None else grid
+    log_probs, measure = probs.clamp_min(1e-12).log(), CRITERIA[criterion]
+    floor = _accuracy(log_probs.argmax(1), labels) - max_accuracy_drop
+    best_tau, best = 0.0, measure(log_probs.argmax(1), labels)
+    for tau in grid.tolist():
+        predicted = (log_probs + torch.tensor(prior_correction(tau, prior))).argmax(1)
+        if _accuracy(predicted, labels) >= floor and (gain := measure(predicted, labels)) > best + 1e-6:
+            best_tau, best = round(tau, 4), gain
+    return best_tau
+
+
+def fit_adjustment(method: str, probs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
+                   criterion: str, max_accuracy_drop: float) -> tuple[list[float] | None, float | None]:
+    """The class biases of `method` (prior: one tau; bias: seven free ones; none) and prior's tau."""
+    if method == "prior":
+        tau = fit_prior_tau(probs, labels, prior, max_accuracy_drop, criterion)
+        return prior_correction(tau, prior), tau
+    if method == "bias":
+        return fit_class_bias(probs, labels, max_accuracy_drop, criterion), None
+    return None, None
+
+
 def summary(metrics: dict) -> dict:
     return {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4),
+            "balanced_accuracy": round(sum(m["recall"] for m in metrics["per_class"].values()) / len(EMOTIONS), 4),
             "recall": {name: round(m["recall"], 4) for name, m in metrics["per_class"].items()}}
 
 
-def held_out_bias_gain(probs: torch.Tensor, labels: torch.Tensor, max_accuracy_drop: float, seed: int = 0) -> dict:
-    """Two-fold estimate of what the biases do to faces they were not fitted on: fit on one half of
-    PublicTest, measure on the other, both ways; mean accuracy and macro-F1 before and after."""
+def two_fold(method: str, probs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, criterion: str,
+             max_accuracy_drop: float, seed: int = 0) -> dict:
+    """What an adjustment does to faces it was not fitted on: fit on one half of PublicTest, measure
+    on the other, both ways; the mean accuracy, macro-F1 and balanced accuracy before and after."""
     halves = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).chunk(2)
-    before, after = [], []
+    before, after, fitted = [], [], []
     for fit_on, measure_on in (halves, halves[::-1]):
-        bias = fit_class_bias(probs[fit_on], labels[fit_on], max_accuracy_drop)
-        before.append(score(probs[measure_on], labels[measure_on]))
-        after.append(score(adjust_probabilities(probs[measure_on], bias), labels[measure_on]))
+        bias, tau = fit_adjustment(method, probs[fit_on], labels[fit_on], prior, criterion, max_accuracy_drop)
+        before.append(summary(score(probs[measure_on], labels[measure_on])))
+        after.append(summary(score(adjust_probabilities(probs[measure_on], bias), labels[measure_on])))
+        fitted.append(tau)
     mean = lambda runs, key: round(sum(r[key] for r in runs) / 2, 4)  # noqa: E731
-    return {f"{key}_{when}": mean(runs, key) for when, runs in (("before", before), ("after", after))
-            for key in ("accuracy", "macro_f1")}
+    figures = {f"{key}_{when}": mean(runs, key) for when, runs in (("before", before), ("after", after))
+               for key in ("accuracy", "macro_f1", "balanced_accuracy")}
+    return {**figures, "tau_per_half": fitted} if method == "prior" else figures
+
+
+def choose_adjustment(held_out: dict[str, dict], criterion: str, max_accuracy_drop: float) -> str:
+    """The method whose two-fold `criterion` is highest among those whose two-fold accuracy stays
+    within `max_accuracy_drop` (the free biases can overfit that bound on half of PublicTest); the
+    prior correction, with one parameter, on a tie or when nothing else holds."""
+    kept = [m for m, f in held_out.items() if f["accuracy_after"] >= f["accuracy_before"] - max_accuracy_drop - 1e-9]
+    return max(kept or ["prior"], key=lambda m: (held_out[m][f"{criterion}_after"], m == "prior"))
+
+
+def training_prior(cfg: DictConfig) -> torch.Tensor:
+    """The class frequencies of FER-2013 Training, which the prior correction divides out."""
+    counts = load_split(cfg.data.root, "train", cfg.data.cache_dir).class_counts().double()
+    return counts / counts.sum()
 
 
 def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: DictConfig, preprocessing: dict,
                public_test_faces: torch.Tensor, labels: torch.Tensor, reference: dict) -> dict:
-    """`model_path` with suffix .onnx: the int8 graph where its PublicTest accuracy and macro-F1 are
-    within `cfg.onnx.max_int8_accuracy_drop` of PyTorch's (`reference`), else fp32. The graph says it
-    was made from the checkpoint at `model_path`, to be installed as `source`. Returns its card entry
-    with the figures of both precisions."""
+    """Beside `model_path`: its fp32 ONNX graph (.onnx) and, where the int8 graph's PublicTest accuracy
+    and macro-F1 are within `cfg.onnx.max_int8_accuracy_drop` of PyTorch's (`reference`), the int8
+    one (.int8.onnx), which prediction then runs. The graphs say they were made from the checkpoint
+    at `model_path`, to be installed as `source`. Returns their card entry with both precisions' figures."""
     from fer.training.export import export_onnx, graph_metadata, quantize_int8, real_faces
 
-    faces, tmp, drop = public_test_faces.numpy(), model_path.parent, cfg.onnx.max_int8_accuracy_drop
-    fp32 = export_onnx(classifier, tmp / "fp32.onnx", graph_metadata(classifier, model_path, source))
+    faces, drop = public_test_faces.numpy(), cfg.onnx.max_int8_accuracy_drop
+    fp32 = export_onnx(classifier, model_path.with_suffix(".onnx"), graph_metadata(classifier, model_path, source))
     calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
-    int8 = quantize_int8(fp32, tmp / "int8.onnx", calibration)
+    int8 = quantize_int8(fp32, model_path.with_suffix(".int8.onnx"), calibration)
     figures = {name: summary(score(torch.from_numpy(onnx_session(path).run(None, {"faces": faces})[0]), labels))
                for name, path in (("fp32", fp32), ("int8", int8))}
     keeps = all(figures["int8"][key] >= reference[key] - drop for key in ("accuracy", "macro_f1"))
-    precision = "int8" if keeps else "fp32"
-    os.replace({"fp32": fp32, "int8": int8}[precision], model_path.with_suffix(".onnx"))
-    return {"file": model_path.with_suffix(".onnx").name, "precision": precision,
-            "size_bytes": model_path.with_suffix(".onnx").stat().st_size, "public_test": figures}
+    if not keeps:
+        int8.unlink()
+    return {"files": [path.name for path in (fp32, int8) if path.exists()], "precision": "int8" if keeps else "fp32",
+            "size_bytes": {path.name: path.stat().st_size for path in (fp32, int8) if path.exists()},
+            "tta": classifier.tta, "public_test": figures}
 
 
 LOCAL_PATH = re.compile(r"(?<![\w.$}>])/(?:[^\s/'\",]+/)*([^\s/'\",]+)")
@@ -176,11 +227,24 @@ def training_record(ckpt_path: Path, training: dict, script: str = "scripts/trai
     }
 
 
+def shipped_card(ckpt_path: Path) -> dict | None:
+    """The model card beside a shipped checkpoint, where it describes exactly that file: re-shipping
+    (new views, biases or graph for the same weights) keeps how the weights were trained."""
+    card_path = ckpt_path.parent / "model_card.json"
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    return card if card.get("sha256") == file_sha256(ckpt_path) else None
+
+
 def ship_model(cfg: DictConfig) -> dict:
-    """Write `cfg.out_dir`/emotion_classifier.ckpt (+ .onnx) and model_card.json from `cfg.ckpt_path`."""
+    """Write `cfg.out_dir`/emotion_classifier.ckpt (+ .onnx) and model_card.json from `cfg.ckpt_path`
+    (a training run's checkpoint, or a shipped one with its card)."""
     ckpt_path = Path(cfg.ckpt_path)
     trained, checkpoint = load_face_classifier(ckpt_path)
-    training = training_record(ckpt_path, OmegaConf.to_container(cfg.training, resolve=True))
+    previous = shipped_card(ckpt_path)
+    training = (previous["training"] if previous else
+                training_record(ckpt_path, OmegaConf.to_container(cfg.training, resolve=True)))
     preprocessing = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k in PREPROCESSING_KEYS}
 
     datamodule = FERDataModule(**preprocessing, **OmegaConf.to_container(cfg.data, resolve=True), eval_split="val")
@@ -195,15 +259,25 @@ def ship_model(cfg: DictConfig) -> dict:
             return torch.cat([classifier(batch) for batch in public_test.images.split(cfg.data.eval_batch_size)])
 
     probs = {tta: raw_probs(tta) for tta in ("none", "flip")}
-    class_bias = fit_class_bias(probs["none"], labels, cfg.max_accuracy_drop) if cfg.logit_adjustment else None
-    calibration = calibrate(adjust_probabilities(probs["none"], class_bias), labels)
-    shipped_classifier = FaceClassifier(trained.model, trained.image_size, calibration["temperature"], class_bias)
+    plain = {tta: summary(score(p, labels)) for tta, p in probs.items()}
+    tta = (max(("none", "flip"), key=lambda t: plain[t]["accuracy"]) if cfg.tta == "auto" else cfg.tta)
+
+    # the class biases: tau of the prior correction, or seven free biases where those hold up two-fold
+    adjust = cfg.adjustment
+    prior = training_prior(cfg)
+    methods = ["prior", "bias"] if adjust.method == "auto" else [] if adjust.method == "none" else [adjust.method]
+    held_out = {m: two_fold(m, probs[tta], labels, prior, adjust.criterion, adjust.max_accuracy_drop) for m in methods}
+    method = choose_adjustment(held_out, adjust.criterion, adjust.max_accuracy_drop) if methods else "none"
+    class_bias, tau = fit_adjustment(method, probs[tta], labels, prior, adjust.criterion, adjust.max_accuracy_drop)
+
+    calibration = calibrate(adjust_probabilities(probs[tta], class_bias), labels)
+    shipped_classifier = FaceClassifier(trained.model, trained.image_size, calibration["temperature"], class_bias, tta)
     variants = {
-        f"{'adjusted' if bias else 'plain'}{'_flip' if tta == 'flip' else ''}":
-            summary(score(adjust_probabilities(probs[tta], bias), labels))
-        for bias in (None, class_bias) for tta in ("none", "flip")
+        f"{'adjusted' if bias else 'plain'}{'_flip' if view == 'flip' else ''}":
+            summary(score(adjust_probabilities(probs[view], bias), labels))
+        for bias in (None, class_bias) for view in ("none", "flip")
     }
-    pytorch = score(adjust_probabilities(probs["none"], class_bias, calibration["temperature"]), labels)
+    pytorch = score(adjust_probabilities(probs[tta], class_bias, calibration["temperature"]), labels)
 
     # everything is made in a folder beside the destination, then moved in: a failure leaves the old model
     out_dir = Path(cfg.out_dir)
@@ -216,6 +290,8 @@ def ship_model(cfg: DictConfig) -> dict:
             "datamodule_hyper_parameters": preprocessing,
             "temperature": calibration["temperature"],
             "class_bias": class_bias,
+            "tta": tta,
+            "adjustment": {"method": method, "tau": tau, "criterion": adjust.criterion},
             "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"),
         }, model_path)
         onnx = (write_onnx(shipped_classifier, model_path, out_dir / model_path.name, cfg, preprocessing,
@@ -227,32 +303,42 @@ def ship_model(cfg: DictConfig) -> dict:
             "parameters": sum(p.numel() for p in trained.model.parameters()),
             "classes": list(EMOTIONS),
             "input": f"aligned 48x48 grayscale face (fer.data.align), centre crop {preprocessing.get('image_size', 48)}",
-            "source_checkpoint": str(ckpt_path),
+            "source_checkpoint": previous["source_checkpoint"] if previous else str(ckpt_path),
             "training": training,
             "preprocessing": preprocessing,
             "public_test": {
-                "note": "PublicTest selected the checkpoint and fitted the class biases and temperature: validation "
-                        "figures. accuracy/macro_f1/recall: PyTorch with the biases, no test-time augmentation; "
+                "note": "PublicTest selected the checkpoint and fitted tau (or the class biases) and the temperature: "
+                        "validation figures. accuracy/macro_f1/recall: PyTorch, the default views (tta) and biases; "
                         "onnx.public_test: the shipped graph(s), which prediction runs by default.",
                 "n": pytorch["n"],
+                "tta": tta,
                 **summary(pytorch),
                 "variants": variants,
-                "class_bias_two_fold": held_out_bias_gain(probs["none"], labels, cfg.max_accuracy_drop) if class_bias else None,
             },
-            "logit_adjustment": {"class_bias": dict(zip(EMOTIONS, class_bias)) if class_bias else None,
-                                 "max_accuracy_drop": cfg.max_accuracy_drop},
+            "adjustment": {"method": method, "tau": tau, "criterion": adjust.criterion,
+                           "max_accuracy_drop": adjust.max_accuracy_drop,
+                           "class_bias": dict(zip(EMOTIONS, class_bias)) if class_bias else None,
+                           "training_prior": dict(zip(EMOTIONS, [round(float(q), 4) for q in prior])),
+                           "two_fold": held_out,
+                           "note": "two_fold: fitted on one half of PublicTest, measured on the other, both ways; "
+                                   "auto keeps the seven free biases only where they beat tau there"},
             "calibration": {**calibration, "note": "ECE of the adjusted probabilities, at temperature 1 (before) and T (after)"},
             "onnx": onnx,
         }
         write_text_atomic(json.dumps(portable(card), indent=2) + "\n", Path(tmp) / "model_card.json")
-        for name in ("emotion_classifier.ckpt", "emotion_classifier.onnx", "model_card.json"):
+        for name in ("emotion_classifier.ckpt", "emotion_classifier.onnx", "emotion_classifier.int8.onnx", "model_card.json"):
             if (Path(tmp) / name).exists():
                 os.replace(Path(tmp) / name, out_dir / name)
+            elif name.endswith(".onnx"):  # a graph of the model this one replaces
+                (out_dir / name).unlink(missing_ok=True)
     model_path, card_path = out_dir / model_path.name, out_dir / "model_card.json"
     log.info("wrote %s (%.1f MiB) and %s", model_path, card["size_bytes"] / 2**20, card_path)
     for name, v in variants.items():
         print(f"{name:14s} accuracy={v['accuracy']:.4f} macro_f1={v['macro_f1']:.4f} "
               + " ".join(f"{c}={r:.3f}" for c, r in v["recall"].items()))
+    print(f"tta={tta} adjustment={method}" + (f" tau={tau}" if tau is not None else "")
+          + "".join(f"; two-fold {m}: {adjust.criterion} {f[adjust.criterion + '_before']:.4f} -> {f[adjust.criterion + '_after']:.4f}"
+                    f" accuracy {f['accuracy_before']:.4f} -> {f['accuracy_after']:.4f}" for m, f in held_out.items()))
     print(f"temperature={calibration['temperature']:.3f} ece {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}"
           + (f"; onnx {onnx['precision']}: " + ", ".join(f"{k} accuracy={v['accuracy']:.4f} macro_f1={v['macro_f1']:.4f}"
                                                         for k, v in onnx["public_test"].items()) if onnx else ""))
