@@ -330,6 +330,7 @@ class BenchTrain(Train):
 @dataclass
 class BenchPredict:
     checkpoint: Optional[str] = MISSING
+    tta: TTA = MISSING
     batch_size: int = positive()
     seconds: float = positive()
     onnx: bool = MISSING

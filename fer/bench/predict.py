@@ -60,7 +60,7 @@ def write_face_video(path: Path, face: np.ndarray, frames: int, width: int, heig
 def bench_predict(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classifier, checkpoint = load_face_classifier(cfg.checkpoint)
+    classifier, checkpoint = load_face_classifier(cfg.checkpoint, cfg.tta)
     public_test = load_split(cfg.data.root, "val", cfg.data.cache_dir)
     faces = public_test.images[: cfg.batch_size].numpy()
     results: dict = {"torch_threads": torch.get_num_threads(), "onnxruntime_threads": os.cpu_count(), "classifier": {}}
@@ -71,8 +71,8 @@ def bench_predict(cfg: DictConfig) -> dict:
             "latency_ms": 1000 / rate(lambda: run_batch(faces[:1]), 1, cfg.seconds),
         }
 
-    default = load_runtime(cfg.checkpoint)
-    results["default_runtime"] = default.description
+    default = load_runtime(cfg.checkpoint, cfg.tta)
+    results["default_runtime"], results["tta"] = default.description, classifier.tta
     record("default", default)
     with torch.inference_mode():
         record("pytorch", lambda x: classifier(torch.from_numpy(x)))
@@ -87,7 +87,7 @@ def bench_predict(cfg: DictConfig) -> dict:
 
     video = write_face_video(out / "one_face.mp4", public_test.images[cfg.video.face_index].numpy(), cfg.video.frames,
                              cfg.video.width, cfg.video.height)
-    recognizer = Recognizer(cfg.checkpoint, min_face_size=cfg.predict.min_face)
+    recognizer = Recognizer(cfg.checkpoint, min_face_size=cfg.predict.min_face, tta=cfg.tta)
     results["end_to_end"] = {}
     for detect_every in cfg.predict.detect_every:
         start = time.perf_counter()
@@ -99,7 +99,7 @@ def bench_predict(cfg: DictConfig) -> dict:
             "fps": frames / seconds, "frames": frames, "faces": summary["faces"]}
 
     (out / "bench_predict.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"default runtime: {results['default_runtime']}")
+    print(f"default runtime: {results['default_runtime']} tta={classifier.tta}")
     for name, r in results["classifier"].items():
         print(f"classifier {name:10s} batch={cfg.batch_size} faces/s={r['faces_per_s']:.0f} "
               f"batch=1 latency_ms={r['latency_ms']:.2f}")
