@@ -88,7 +88,10 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
 
 def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     steps_per_epoch = 7 * 12 // 8
-    args = [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "callbacks.best_checkpoint.save_top_k=-1"]
+    # progressive resizing: epoch 0 at 24 px, epoch 1 at 48; the resumed run must train its epoch 1 at 48 too
+    args = [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "callbacks.best_checkpoint.save_top_k=-1",
+            "+callbacks.progressive_resize._target_=fer.training.callbacks.ProgressiveResize",
+            "+callbacks.progressive_resize.schedule={0:24,1:48}"]
     run_script("train.py", [*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     after_first_epoch = tmp_path / "full" / "checkpoints" / "epoch_000.ckpt"  # as if killed here
 
@@ -101,6 +104,13 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
     pflop = [json.loads((tmp_path / run / "metrics.json").read_text())["train_pflop"] for run in ("full", "resumed")]
     assert pflop[0] == pytest.approx(pflop[1]) and pflop[0] > 0  # the compute of both epochs, the first one's carried over
+
+
+@pytest.mark.parametrize("experiment", ["cpu_quick", "fast10"])
+def test_the_cpu_recipes_compose_and_run_a_batch(fer_folders, tmp_path, experiment):
+    cfg = compose_config("train", tmp_path, [f"data.root={fer_folders}", f"experiment={experiment}", "debug=fast_dev_run",
+                                             "data.align=false", "data.batch_size=16", f"paths.cache_dir={tmp_path / 'cache'}"])
+    assert 0 <= train(cfg)["val/acc"] <= 1
 
 
 @pytest.mark.slow
