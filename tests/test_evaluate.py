@@ -22,7 +22,8 @@ def tiny_checkpoint(path, seed: int, image_size: int) -> EmotionClassifier:
     model = EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[4]], "dense": 8, "dropout": 0.0},
                               optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
     torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(),
-                "datamodule_hyper_parameters": {"image_size": image_size}}, path)
+                "datamodule_hyper_parameters": {"image_size": image_size, "batch_size": 8, "tta": "none"}}, path)
+    # (batch_size and an option of older versions, tta, are saved too: evaluation takes only the preprocessing)
     return model.eval()
 
 

@@ -29,6 +29,17 @@ BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")
 EVAL_SPLITS = ("val", "test")
 
 
+PREPROCESSING_KEYS = ("align", "align_options", "image_size")
+"""The data options a checkpoint needs to see faces as in training; where data lives is not one."""
+
+
+def preprocessing_of(checkpoint: dict) -> dict:
+    """How a checkpoint's faces were prepared (alignment, crop size), from its saved DataModule
+    options; the rest of them (batch sizes, augmentation, folders, options of older versions) is not
+    needed to evaluate or ship it."""
+    return {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k in PREPROCESSING_KEYS}
+
+
 class FERDataModule(L.LightningDataModule):
     """FER-2013 under the official protocol: train = Training (+ extra folders), val = PublicTest,
     test = PrivateTest (or `test_dir`).

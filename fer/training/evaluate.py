@@ -17,7 +17,7 @@ from torchmetrics.functional.classification import (
 )
 
 from fer import EMOTIONS, FERError
-from fer.data.datamodule import FERDataModule
+from fer.data.datamodule import FERDataModule, preprocessing_of
 from fer.models.deploy import load_runtime
 from fer.reports.figures import confusion_matrix_figure, image_grid, save
 
@@ -65,7 +65,7 @@ def predict_member(path: str, cfg: DictConfig) -> tuple[torch.Tensor, dict, FERD
     except ValueError as error:
         raise FERError(f"{path}: {error}") from error
     # how the faces were prepared comes from the checkpoint; where they are, from this config
-    data_options = {**runtime.checkpoint.get("datamodule_hyper_parameters", {}), **OmegaConf.to_container(cfg.data, resolve=True)}
+    data_options = {**preprocessing_of(runtime.checkpoint), **OmegaConf.to_container(cfg.data, resolve=True)}
     try:
         datamodule = FERDataModule(**{**data_options, "eval_split": cfg.split})
     except FERError as error:

@@ -26,15 +26,12 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 from fer import ASSETS, EMOTIONS, FERError
 from fer.checkpoints import file_sha256
-from fer.data.datamodule import FERDataModule
+from fer.data.datamodule import FERDataModule, preprocessing_of
 from fer.data.fer2013 import load_split, save_atomic, write_text_atomic
 from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session, prior_correction
 from fer.training.evaluate import score
 
 log = logging.getLogger(__name__)
-
-PREPROCESSING_KEYS = ("align", "align_options", "image_size")
-"""The data options a checkpoint needs to see faces as in training; where data lives is not one."""
 
 
 def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -245,7 +242,7 @@ def ship_model(cfg: DictConfig) -> dict:
     previous = shipped_card(ckpt_path)
     training = (previous["training"] if previous else
                 training_record(ckpt_path, OmegaConf.to_container(cfg.training, resolve=True)))
-    preprocessing = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if k in PREPROCESSING_KEYS}
+    preprocessing = preprocessing_of(checkpoint)
 
     datamodule = FERDataModule(**preprocessing, **OmegaConf.to_container(cfg.data, resolve=True), eval_split="val")
     datamodule.setup("validate")
