@@ -23,7 +23,7 @@ def test_real_splits_have_the_published_counts(real_fer2013, tmp_path):
 def test_a_short_real_run_scores_all_of_public_test(real_fer2013, tmp_path):
     cfg = compose_config("train", tmp_path, [
         f"data.root={real_fer2013}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=10", "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=10", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
     ])
     metrics = train(cfg)
     assert 0 < metrics["val/acc"] < 1 and set(metrics) >= {f"val/recall_{c}" for c in ("disgust", "fear")}
