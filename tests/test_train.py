@@ -65,6 +65,33 @@ def test_progressive_resizing_trains_early_epochs_at_fewer_pixels_and_counts_the
         ProgressiveResize({5: 32})
 
 
+def test_patch_whitening_makes_the_first_conv_output_white_and_a_resumed_run_keeps_its_weights(fer_folders, tmp_path):
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from fer.training.callbacks import PatchWhitening
+
+    cfg = compose_config("train", tmp_path, tiny_train_overrides(fer_folders))
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    datamodule.setup("fit")
+    conv = model.net.features[0][0]  # 8 filters: the 4 patch directions of most variance, each with its negative
+
+    resumed = conv.weight.detach().clone()
+    PatchWhitening().on_fit_start(SimpleNamespace(ckpt_path="last.ckpt", datamodule=datamodule), model)
+    assert torch.equal(conv.weight, resumed)
+
+    PatchWhitening(eps=0.0).on_fit_start(SimpleNamespace(ckpt_path=None, datamodule=datamodule), model)
+    faces = model.standardize(datamodule.eval_transform(datamodule.splits["train"].images))
+    with torch.no_grad():
+        outputs = torch.nn.functional.conv2d(faces, conv.weight)  # the interior pixels: no padding
+    channels = outputs.transpose(0, 1).flatten(1)
+    assert torch.allclose(torch.cov(channels[0::2]), torch.eye(4), atol=5e-3)  # whitened
+    assert torch.allclose(channels[1::2], -channels[0::2])  # the negatives
+    before = torch.cov(torch.nn.functional.conv2d(faces, resumed).transpose(0, 1).flatten(1))
+    assert not torch.allclose(before, torch.eye(8), atol=0.1)  # a random init is not
+
+
 def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     run = tmp_path / "run"
     run_script("train.py", [*tiny_train_overrides(fer_folders), f"hydra.run.dir={run}"], cwd=tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
@@ -120,6 +121,42 @@ class ProgressiveResize(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         size = [size for epoch, size in self.schedule if epoch <= trainer.current_epoch][-1]
         trainer.datamodule.augment.resolution = size
+
+
+class PatchWhitening(L.Callback):
+    """airbench's patch-whitening initialisation of the first convolution: its filters become the
+    principal directions of Training patches (of its kernel size, as the net sees them), each scaled
+    by 1 / sqrt(its variance + eps) and paired with its negative so that the ReLU keeps both signs.
+    The layer's output is then whitened (channel covariance near the identity) from the first step,
+    instead of being learnt. Filters beyond twice the patch dimension keep their random init. A
+    resumed run keeps its checkpoint's weights."""
+
+    def __init__(self, samples: int = 1000, eps: float = 5e-4):
+        self.samples, self.eps = samples, eps
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path:
+            return
+        conv = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d))
+        datamodule = trainer.datamodule
+        faces = datamodule.eval_transform(datamodule.splits["train"].images[: self.samples]).to(pl_module.device)
+        weight = whitening_filters(pl_module.standardize(faces), conv.kernel_size, self.eps)[: conv.out_channels]
+        with torch.no_grad():
+            conv.weight[: len(weight)] = weight.to(conv.weight.dtype)
+        log.info("patch whitening: %d of the first conv's %d filters set from %d Training faces",
+                 len(weight), conv.out_channels, len(faces))
+
+
+def whitening_filters(images: torch.Tensor, kernel_size: tuple[int, int], eps: float) -> torch.Tensor:
+    """(2d, C, kh, kw) filters, d = C x kh x kw, that whiten the patches of (B, C, H, W) images: the
+    eigenvectors of the patch covariance, largest variance first, over sqrt(eigenvalue + eps), each
+    followed by its negative."""
+    patches = F.unfold(images.float(), kernel_size).transpose(1, 2).flatten(0, 1)  # (patches, d)
+    variance, directions = torch.linalg.eigh(torch.cov(patches.T))
+    order = variance.argsort(descending=True)
+    filters = (directions[:, order] / (variance[order] + eps).sqrt()).T
+    paired = torch.stack([filters, -filters], dim=1).flatten(0, 1)  # a prefix keeps each direction with its negative
+    return paired.view(-1, images.shape[1], *kernel_size)
 
 
 class TrainingCurves(L.Callback):
