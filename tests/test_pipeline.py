@@ -152,6 +152,15 @@ def test_ablation_table_reads_a_sweep(tmp_path):
                             capture_output=True, text=True, check=True)
     assert result.stdout == table and (tmp_path / "ablation_val.md").read_text() == table
 
+    # runs that also scored their best checkpoint with flip TTA get those columns
+    flipped = tmp_path / "flipped"
+    (flipped / "0").mkdir(parents=True)
+    (flipped / "0" / "metrics.json").write_text(json.dumps({
+        **json.loads((tmp_path / "5" / "metrics.json").read_text()), "val_flip": {"accuracy": 0.67, "macro_f1": 0.62}}))
+    header, _, row = markdown_table(read_runs(flipped)).strip().splitlines()
+    assert "| fear recall (PublicTest) | accuracy, flip TTA (PublicTest) | macro-F1, flip TTA (PublicTest) | training PFLOP |" in header
+    assert row == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.2500 | 0.4000 | 0.6700 | 0.6200 | 0.078 | 10.0 |"
+
 
 def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):
     import torch

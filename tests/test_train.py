@@ -112,6 +112,13 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     for name in ("classification_report.txt", "confusion_matrix.png", "predictions.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
 
+    # the run's own flip-TTA figures (for ladders of recipes) are what evaluate computes for its best checkpoint
+    run_script("evaluate.py", [f"ckpt_path={last}", "split=val", "tta=flip", "adjust=false", f"data.root={fer_folders}",
+                               f"hydra.run.dir={tmp_path / 'eval_flip'}"], cwd=tmp_path)
+    flip = json.loads((tmp_path / "eval_flip" / "metrics.json").read_text())
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["val_flip"] == pytest.approx({"accuracy": flip["accuracy"], "macro_f1": flip["macro_f1"]})
+
 
 def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     steps_per_epoch = 7 * 12 // 8

@@ -15,6 +15,8 @@ BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")
 """The table's row order (fer.data.datamodule.BALANCE_OPTIONS; not imported, so the script needs no torch)."""
 
 COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("disgust recall", "disgust"), ("fear recall", "fear"))
+FLIP_COLUMNS = (("accuracy, flip TTA", "flip_accuracy"), ("macro-F1, flip TTA", "flip_macro_f1"))
+"""A training run's best checkpoint also scored averaging each face and its mirror (shown where runs have it)."""
 COST = (("training PFLOP", "pflop", 3), ("training wall (min)", "minutes", 1))
 """The runs' cost: training compute (forward + backward FLOP of every step) and wall time."""
 
@@ -37,10 +39,11 @@ def _pipeline_run(summary: dict, split: str) -> tuple[str, dict] | None:
 def _training_run(summary: dict, split: str) -> tuple[str, dict] | None:
     if split != "val":  # a training run scores PublicTest (val) only
         return None
-    val = summary["val"]
+    val, flip = summary["val"], summary.get("val_flip") or {}
     arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
     return arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "disgust": val["val/recall_disgust"],
-                 "fear": val["val/recall_fear"], "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+                 "fear": val["val/recall_fear"], "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1"),
+                 "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
@@ -74,7 +77,9 @@ def _cell(values: list[float | None], digits: int = 4) -> str:
 
 def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest") -> str:
     """Rows in the order of `BALANCE_OPTIONS` (other arms by name); cells are mean ± sample std (n-1) over the runs."""
-    header = ["arm", "runs", *(f"{title} ({split_name})" for title, _ in COLUMNS), *(title for title, _, _ in COST)]
+    flipped = any(r.get("flip_accuracy") is not None for rows in runs.values() for r in rows)
+    columns = COLUMNS + FLIP_COLUMNS if flipped else COLUMNS
+    header = ["arm", "runs", *(f"{title} ({split_name})" for title, _ in columns), *(title for title, _, _ in COST)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
 
     def order(arm: str) -> tuple[int, str]:
@@ -83,6 +88,6 @@ def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "P
 
     for arm in sorted(runs, key=order):
         rows = runs[arm]
-        cells = [_cell([r[key] for r in rows]) for _, key in COLUMNS] + [_cell([r[key] for r in rows], d) for _, key, d in COST]
+        cells = [_cell([r.get(key) for r in rows]) for _, key in columns] + [_cell([r[key] for r in rows], d) for _, key, d in COST]
         lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
