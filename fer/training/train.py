@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer import FERError
 from fer.checkpoints import resume_path
+from fer.models.classifier import load_classifier
 from fer.models.deploy import FaceClassifier
 from fer.training.evaluate import score
 
@@ -100,7 +101,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Tra
                "overrides": list(overrides), "train_pflop": None if pflop is None else float(pflop),
                "fit_seconds": round(time.perf_counter() - started, 1)}  # data, training and the final PublicTest score
     if trainer.is_global_zero:
-        summary["val_flip"] = flip_tta_scores(model, datamodule)
+        summary["val_flip"] = flip_tta_scores(load_classifier(best)[0].to(model.device) if best else model, datamodule)
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -111,6 +112,7 @@ def flip_tta_scores(model: L.LightningModule, datamodule: L.LightningDataModule)
     """PublicTest accuracy and macro-F1 of `model` averaging each face and its mirror (flip TTA), the
     figures a ladder of recipes reports beside the one-view ones."""
     classifier = FaceClassifier(model, datamodule.hparams.image_size, tta="flip")
+    datamodule.setup("validate")  # a no-op, except in the main process of a ddp_spawn run
     split = datamodule.splits["val"]
     with torch.inference_mode():
         batches = split.images.split(datamodule.hparams.eval_batch_size)
