@@ -140,7 +140,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert pflop[0] == pytest.approx(pflop[1]) and pflop[0] > 0  # the compute of both epochs, the first one's carried over
 
 
-@pytest.mark.parametrize("experiment", ["cpu_quick", "fast10", "fast30"])
+@pytest.mark.parametrize("experiment", ["cpu_quick", "fast10", "fast30", "fast120"])
 def test_the_cpu_recipes_compose_and_run_a_batch(fer_folders, tmp_path, experiment):
     cfg = compose_config("train", tmp_path, [f"data.root={fer_folders}", f"experiment={experiment}", "debug=fast_dev_run",
                                              "data.align=false", "data.batch_size=16", f"paths.cache_dir={tmp_path / 'cache'}"])
