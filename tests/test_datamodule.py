@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -106,6 +107,14 @@ def test_alignment_is_computed_once_and_cached(fer_folders, tmp_path, monkeypatc
     again = datamodule(fer_folders, tmp_path, align=True, align_options={"min_face_size": 40})
     again.setup("validate")
     assert torch.equal(again.splits["val"].images, val.images)
+
+    # a re-mounted copy (same faces, new file times) decodes again but finds its aligned faces
+    for file in fer_folders.rglob("*.png"):
+        os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))
+    remounted = datamodule(fer_folders, tmp_path, align=True, align_options={"min_face_size": 40})
+    remounted.setup("validate")
+    assert torch.equal(remounted.splits["val"].images, val.images)
+    assert len(list(tmp_path.rglob("test-PublicTest-*.pt"))) == 2 and len(list(tmp_path.rglob("aligned-*.pt"))) == 1
 
 
 def stub_trainer(device="cpu", world_size=1, rank=0, stage="training", epoch=0):
