@@ -37,7 +37,7 @@ def test_a_run_projects_its_time_and_records_its_compute(tmp_path, caplog):
         metrics = train(cfg)
     (projection,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("measured over")]
     assert re.fullmatch(r"measured over the first 5 batches: \d\.\d{3} s a batch, so the run has about \d:\d\d:\d\d to go "
-                        r"\(ETA \d\d:\d\d\) \(3 epochs of 7 batches, \d:\d\d:\d\d of validation each\)", projection), projection
+                        r"\(ETA \d\d:\d\d\) \(3 of 3 epochs left, 7 batches each, \d:\d\d:\d\d of validation each\)", projection), projection
     assert len([r for r in caplog.records if re.match(r"epoch \d/3 done: .* elapsed, about .* to go", r.getMessage())]) == 3
 
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -59,8 +59,9 @@ class RunETA(L.Callback):
             per_epoch = self.val_batch_seconds * val_batches
             seconds += per_epoch * (epochs - trainer.current_epoch)
             validation = f", {clock(per_epoch)} of validation each"
-        log.info("measured over the first %d batches: %.3f s a batch, so the run has %s (%d epochs of %d batches%s)",
-                 self.batches_run, per_batch, time_left(seconds), epochs, trainer.num_training_batches, validation)
+        log.info("measured over the first %d batches: %.3f s a batch, so the run has %s (%d of %d epochs left, %d batches each%s)",
+                 self.batches_run, per_batch, time_left(seconds), epochs - trainer.current_epoch, epochs,
+                 trainer.num_training_batches, validation)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (epochs := self._epochs(trainer)):
