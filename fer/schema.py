@@ -174,6 +174,8 @@ class Classifier:
     channels_last: bool = MISSING
     compile: bool = MISSING
     distill: Optional[Distill] = nested(Distill)
+    init_from: Optional[str] = MISSING
+    retrain_last_layer: bool = MISSING
 
 
 @dataclass

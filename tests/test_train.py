@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,6 +148,24 @@ def test_the_cpu_recipes_compose_and_run_a_batch(fer_folders, tmp_path, experime
     assert 0 <= train(cfg)["val/acc"] <= 1
 
 
+def test_decoupled_retraining_runs_on_top_of_a_trained_run_and_its_checkpoint_stands_alone(fer_folders, tmp_path):
+    from fer.models.classifier import load_classifier
+
+    base_cfg = compose_config("train", tmp_path / "base", tiny_train_overrides(fer_folders))
+    train(base_cfg)
+    trained = json.loads((tmp_path / "base" / "run" / "metrics.json").read_text())["best_checkpoint"]
+    cfg = compose_config("train", tmp_path / "crt", ["experiment=decoupled", *tiny_train_overrides(fer_folders),
+                                                     "trainer.max_epochs=2", f"model.init_from={trained}"])
+    train(cfg)
+    retrained = json.loads((tmp_path / "crt" / "run" / "metrics.json").read_text())["best_checkpoint"]
+    before = load_classifier(trained)[0].state_dict()
+    Path(trained).unlink()  # the re-trained checkpoint loads without the run it started from
+    model, checkpoint = load_classifier(retrained)
+    assert checkpoint["datamodule_hyper_parameters"]["balance"] == "oversample"
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"net.head.6.weight", "net.head.6.bias"}
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_with_ckpt_path_last(fer_folders, tmp_path):
     epochs, steps_per_epoch = 12, 7 * 12 // 8
@@ -250,6 +269,7 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("train", "model.net.dense=wide", "model.net.dense='wide': expected an integer"),
     ("train", "model.distill={teachers:[a.ckpt],weight:2,temperature:1}", "model.distill.weight=2: expected a number in [0, 1]"),
     ("train", "model.distill={teachers:[a.ckpt],weight:0.5,temperature:0}", "model.distill.temperature=0: expected a positive number"),
+    ("train", "model.retrain_last_layer=sometimes", "model.retrain_last_layer='sometimes': expected true or false"),
     ("train_gan", "model.generator.channels=[96,48]", "model.generator.channels=[96, 48]: expected three positive channel widths"),
     ("train_gan", "model.discriminator.channels=[48,-1]", "model.discriminator.channels=[48, -1]: expected a non-empty list"),
     ("train_gan", "model.generator.latent_dim=big", "model.generator.latent_dim='big': expected an integer"),

@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from fer import EMOTIONS
+from fer import EMOTIONS, FERError
 from fer.checkpoints import read_checkpoint
 from fer.data.augment import batch_mix, center_crop
 
@@ -47,6 +47,12 @@ class EmotionClassifier(L.LightningModule):
     augmented batch; the teachers' soft targets carry FER-2013's label ambiguity. They are loaded when
     training starts, frozen, and never part of the student's checkpoint; their forward passes count in
     the run's FLOP.
+
+    `init_from` (a classifier checkpoint of the same net) starts training from its weights instead of
+    random ones. With `retrain_last_layer` the net is frozen, BatchNorm statistics included, and only
+    its last linear layer is re-initialised and trained: decoupled classifier re-training (cRT, Kang et
+    al. 2020), which with class-balanced batches (`data.balance=oversample`) re-draws the decision
+    boundaries of features learnt from the natural class frequencies.
     """
 
     def __init__(
@@ -63,6 +69,8 @@ class EmotionClassifier(L.LightningModule):
         cutmix_alpha: float = 0.0,
         compile: bool = False,
         distill: dict | None = None,
+        init_from: str | None = None,
+        retrain_last_layer: bool = False,
     ):
         super().__init__()
         net, optimizer, scheduler, class_weights, logit_adjustment, distill = (
@@ -71,6 +79,11 @@ class EmotionClassifier(L.LightningModule):
         self.net = instantiate(net)
         if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs under mixed precision
             self.net = self.net.to(memory_format=torch.channels_last)
+        if retrain_last_layer:
+            if not init_from:
+                raise FERError("model.retrain_last_layer=true re-trains the last layer of a trained net: give model.init_from=<checkpoint>")
+            self.net.requires_grad_(False)
+            self.last_layer().requires_grad_(True)
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         offsets = torch.tensor(logit_adjustment, dtype=torch.float) if logit_adjustment else None
@@ -90,6 +103,32 @@ class EmotionClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardize(images))
+
+    def last_layer(self) -> nn.Linear:
+        """The net's last linear layer: the classifier that decoupled re-training re-draws."""
+        return [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+
+    def setup(self, stage: str) -> None:
+        """`init_from`'s weights, loaded before fitting starts (Lightning restores a resumed run's own
+        weights after this hook, so resuming keeps them); a checkpoint of this run, loaded later for
+        evaluation, never reads `init_from` again."""
+        if stage != "fit" or not self.hparams.init_from:
+            return
+        state = read_checkpoint(self.hparams.init_from, {"net"}, "classifier")["state_dict"]
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as error:
+            raise FERError(f"model.init_from={self.hparams.init_from} holds another net than model.net: "
+                           f"{str(error).splitlines()[0]}") from error
+        if self.hparams.retrain_last_layer:
+            self.last_layer().reset_parameters()
+
+    def on_train_epoch_start(self) -> None:
+        """With `retrain_last_layer` the net stays in eval mode while it trains: its BatchNorm
+        statistics never move and dropout stays off, so the features are exactly the trained net's.
+        (Lightning itself never calls `train()` in a fit: a new module is in training mode.)"""
+        if self.hparams.retrain_last_layer:
+            self.net.eval()
 
     def standardize(self, images: torch.Tensor) -> torch.Tensor:
         """What the net sees of (B, 1, H, W) faces in [0, 1]: standardised, in its memory format."""
@@ -165,7 +204,7 @@ class EmotionClassifier(L.LightningModule):
         return self.probabilities(images)
 
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
         if not self.hparams.scheduler:
             return optimizer
         make_scheduler = instantiate(self.hparams.scheduler)
