@@ -133,18 +133,20 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     # a scripts/train.py run beside them: its arm is its recipe's overrides, with its compute and wall time
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "metrics.json").write_text(json.dumps({
-        "val": {"val/acc": 0.66, "val/f1_macro": 0.6, "val/recall_disgust": 0.25, "val/recall_fear": 0.4},
+        "val": {"val/acc": 0.66, "val/f1_macro": 0.6, **{f"val/recall_{name}": 0.5 for name in ("angry", "happy", "neutral", "sad", "surprise")},
+                "val/recall_disgust": 0.25, "val/recall_fear": 0.4},
         "overrides": ["experiment=cpu_quick", "seed=3", "paths.cache_dir=/c", "data.root=/d", "trainer.max_epochs=27"],
         "train_pflop": 0.0779, "fit_seconds": 600.0, "epochs": 27, "seed": 3}))
     table = markdown_table(read_runs(tmp_path))
     lines = table.strip().splitlines()
-    assert lines[0] == ("| arm | runs | accuracy (PublicTest) | macro-F1 (PublicTest) | disgust recall (PublicTest) | "
-                        "fear recall (PublicTest) | training PFLOP | training wall (min) |")
-    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.0000 | 0.5000 | – | – |"  # the options' order, not the jobs'
+    assert lines[0] == ("| arm | runs | accuracy (PublicTest) | macro-F1 (PublicTest) | balanced accuracy (PublicTest) | "
+                        "disgust recall (PublicTest) | fear recall (PublicTest) | training PFLOP | training wall (min) |")
+    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.4286 | 0.0000 | 0.5000 | – | – |"  # the options' order, not the jobs'
     assert lines[3].startswith("| logit_adjust | 1 | 0.6300 |")
-    assert lines[4] == "| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 | – | – |"
+    assert lines[4] == ("| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.4714 ± 0.0202 | 0.3000 ± 0.1414 | "
+                        "0.5000 ± 0.0000 | – | – |")
     assert lines[5].startswith("| gan (0.5 x median) + filter 0.6 | 1 |")
-    assert lines[6] == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.2500 | 0.4000 | 0.078 | 10.0 |"
+    assert lines[6] == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.4500 | 0.2500 | 0.4000 | 0.078 | 10.0 |"
     with pytest.raises(FERError, match="no run in .* has test metrics"):
         read_runs(tmp_path, split="test")
 
@@ -152,14 +154,18 @@ def test_ablation_table_reads_a_sweep(tmp_path):
                             capture_output=True, text=True, check=True)
     assert result.stdout == table and (tmp_path / "ablation_val.md").read_text() == table
 
-    # runs that also scored their best checkpoint with flip TTA get those columns
+    # runs that also scored their best checkpoint with flip TTA get those columns, and a row for the
+    # post-hoc prior correction of the same checkpoint where they have it
     flipped = tmp_path / "flipped"
     (flipped / "0").mkdir(parents=True)
+    prior = {"tau": 0.5, "accuracy": 0.65, "macro_f1": 0.63, "balanced_accuracy": 0.6, "recall": {"disgust": 0.5, "fear": 0.45}}
     (flipped / "0" / "metrics.json").write_text(json.dumps({
-        **json.loads((tmp_path / "5" / "metrics.json").read_text()), "val_flip": {"accuracy": 0.67, "macro_f1": 0.62}}))
-    header, _, row = markdown_table(read_runs(flipped)).strip().splitlines()
+        **json.loads((tmp_path / "5" / "metrics.json").read_text()), "val_flip": {"accuracy": 0.67, "macro_f1": 0.62}, "val_prior": prior}))
+    header, _, row, corrected = markdown_table(read_runs(flipped)).strip().splitlines()
     assert "| fear recall (PublicTest) | accuracy, flip TTA (PublicTest) | macro-F1, flip TTA (PublicTest) | training PFLOP |" in header
-    assert row == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.2500 | 0.4000 | 0.6700 | 0.6200 | 0.078 | 10.0 |"
+    assert row == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.4500 | 0.2500 | 0.4000 | 0.6700 | 0.6200 | 0.078 | 10.0 |"
+    assert corrected == ("| experiment=cpu_quick trainer.max_epochs=27 + prior correction (tau fitted on PublicTest) | 1 | 0.6500 | "
+                         "0.6300 | 0.6000 | 0.5000 | 0.4500 | – | – | 0.078 | 10.0 |")
 
 
 def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):

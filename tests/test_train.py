@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, compose_config, run_script, tiny_train_overrides, write_folders
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fer import FERError
+from fer import EMOTIONS, FERError
 from fer.training.train import train
 
 
@@ -119,6 +119,14 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
     flip = json.loads((tmp_path / "eval_flip" / "metrics.json").read_text())
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["val_flip"] == pytest.approx({"accuracy": flip["accuracy"], "macro_f1": flip["macro_f1"]})
+    # and its post-hoc arm: tau fitted on PublicTest within 0.5 point of the one view's accuracy
+    run_script("evaluate.py", [f"ckpt_path={last}", "split=val", "tta=none", "adjust=false", f"data.root={fer_folders}",
+                               f"hydra.run.dir={tmp_path / 'eval_bare'}"], cwd=tmp_path)
+    one_view = json.loads((tmp_path / "eval_bare" / "metrics.json").read_text())["accuracy"]
+    prior = summary["val_prior"]
+    assert 0 <= prior["tau"] <= 2 and prior["accuracy"] >= one_view - 0.005 - 1e-6
+    assert set(prior["recall"]) == set(EMOTIONS) and prior["balanced_accuracy"] == pytest.approx(
+        sum(prior["recall"].values()) / 7, abs=1e-3)
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):

@@ -14,36 +14,49 @@ from fer import FERError
 BALANCE_OPTIONS = ("none", "class_weights", "oversample", "logit_adjust", "gan")
 """The table's row order (fer.data.datamodule.BALANCE_OPTIONS; not imported, so the script needs no torch)."""
 
-COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("disgust recall", "disgust"), ("fear recall", "fear"))
+COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("balanced accuracy", "balanced_accuracy"),
+           ("disgust recall", "disgust"), ("fear recall", "fear"))
 FLIP_COLUMNS = (("accuracy, flip TTA", "flip_accuracy"), ("macro-F1, flip TTA", "flip_macro_f1"))
 """A training run's best checkpoint also scored averaging each face and its mirror (shown where runs have it)."""
 COST = (("training PFLOP", "pflop", 3), ("training wall (min)", "minutes", 1))
 """The runs' cost: training compute (forward + backward FLOP of every step) and wall time."""
 
+PRIOR_CORRECTED = " + prior correction (tau fitted on PublicTest)"
+"""The post-hoc arm of a training run: its checkpoint's one view with -tau * log(Training prior) added."""
+
 NOT_AN_ARM = ("seed=", "paths.", "data.root=", "data.cache_dir=", "hydra.", "trainer.enable_progress_bar=")
 """Overrides of a training run that do not change its recipe."""
 
 
-def _pipeline_run(summary: dict, split: str) -> tuple[str, dict] | None:
+def _pipeline_run(summary: dict, split: str) -> list[tuple[str, dict]]:
     metrics = (summary.get("splits") or {}).get(split)
     if metrics is None:
-        return None
+        return []
     seconds = (summary.get("seconds") or {}).get("classifier")
-    return summary.get("arm", summary["balance"]), {
-        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-        "disgust": metrics["per_class"]["disgust"]["recall"], "fear": metrics["per_class"]["fear"]["recall"],
+    recall = {name: m["recall"] for name, m in metrics["per_class"].items()}
+    return [(summary.get("arm", summary["balance"]), {
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "balanced_accuracy": statistics.mean(recall.values()),
+        "disgust": recall["disgust"], "fear": recall["fear"],
         "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60,
-    }
+    })]
 
 
-def _training_run(summary: dict, split: str) -> tuple[str, dict] | None:
+def _training_run(summary: dict, split: str) -> list[tuple[str, dict]]:
+    """The run's row and, where its summary has it, the row of its prior-corrected checkpoint."""
     if split != "val":  # a training run scores PublicTest (val) only
-        return None
-    val, flip = summary["val"], summary.get("val_flip") or {}
+        return []
+    val, flip, prior = summary["val"], summary.get("val_flip") or {}, summary.get("val_prior")
     arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
-    return arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "disgust": val["val/recall_disgust"],
-                 "fear": val["val/recall_fear"], "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1"),
-                 "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+    cost = {"pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+    recall = [v for k, v in val.items() if k.startswith("val/recall_")]
+    rows = [(arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "balanced_accuracy": statistics.mean(recall),
+                   "disgust": val["val/recall_disgust"], "fear": val["val/recall_fear"],
+                   "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1"), **cost})]
+    if prior:
+        rows.append((arm + PRIOR_CORRECTED, {"accuracy": prior["accuracy"], "macro_f1": prior["macro_f1"],
+                                             "balanced_accuracy": prior["balanced_accuracy"], "disgust": prior["recall"]["disgust"],
+                                             "fear": prior["recall"]["fear"], **cost}))
+    return rows
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
@@ -59,9 +72,8 @@ def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dic
         files += found
     for file in files:
         summary = json.loads(file.read_text())
-        row = _training_run(summary, split) if "val" in summary else _pipeline_run(summary, split)
-        if row is not None:
-            runs.setdefault(row[0], []).append(row[1])
+        for arm, row in _training_run(summary, split) if "val" in summary else _pipeline_run(summary, split):
+            runs.setdefault(arm, []).append(row)
     if not runs:
         raise FERError(f"no run in {', '.join(map(str, sweep_dirs))} has {split} metrics")
     return runs
