@@ -130,6 +130,8 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     write(2, "gan", 0.64, 0.4, "gan (0.5 x median)")
     write(3, "gan", 0.61, 0.5, "gan (0.5 x median) + filter 0.6")
     write(4, "logit_adjust", 0.63, 0.3, "logit_adjust")
+    write(6, "none", 0.60, 0.0)
+    (tmp_path / "6" / "metrics.json").write_text((tmp_path / "6" / "metrics.json").read_text().replace('"seed": 6', '"seed": 2'))
     # a scripts/train.py run beside them: its arm is its recipe's overrides, with its compute and wall time
     (tmp_path / "5").mkdir()
     (tmp_path / "5" / "metrics.json").write_text(json.dumps({
@@ -140,13 +142,16 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     table = markdown_table(read_runs(tmp_path))
     lines = table.strip().splitlines()
     assert lines[0] == ("| arm | runs | accuracy (PublicTest) | macro-F1 (PublicTest) | balanced accuracy (PublicTest) | "
-                        "disgust recall (PublicTest) | fear recall (PublicTest) | training PFLOP | training wall (min) |")
-    assert lines[2] == "| none | 1 | 0.6200 | 0.5200 | 0.4286 | 0.0000 | 0.5000 | – | – |"  # the options' order, not the jobs'
+                        "disgust recall (PublicTest) | fear recall (PublicTest) | Δ accuracy vs none, paired by seed | "
+                        "Δ macro-F1 vs none, paired by seed | training PFLOP | training wall (min) |")
+    # the options' order, not the jobs'
+    assert lines[2] == "| none | 2 | 0.6100 ± 0.0141 | 0.5100 ± 0.0141 | 0.4286 ± 0.0000 | 0.0000 ± 0.0000 | 0.5000 ± 0.0000 | – | – | – | – |"
     assert lines[3].startswith("| logit_adjust | 1 | 0.6300 |")
+    # seeds 0 and 2, of which only seed 2 has a `none` run beside it: 0.64 - 0.60
     assert lines[4] == ("| gan (0.5 x median) | 2 | 0.6200 ± 0.0283 | 0.5200 ± 0.0283 | 0.4714 ± 0.0202 | 0.3000 ± 0.1414 | "
-                        "0.5000 ± 0.0000 | – | – |")
+                        "0.5000 ± 0.0000 | +0.0400 | +0.0400 | – | – |")
     assert lines[5].startswith("| gan (0.5 x median) + filter 0.6 | 1 |")
-    assert lines[6] == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.4500 | 0.2500 | 0.4000 | 0.078 | 10.0 |"
+    assert lines[6] == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.4500 | 0.2500 | 0.4000 | – | – | 0.078 | 10.0 |"
     with pytest.raises(FERError, match="no run in .* has test metrics"):
         read_runs(tmp_path, split="test")
 
@@ -166,6 +171,9 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     assert row == "| experiment=cpu_quick trainer.max_epochs=27 | 1 | 0.6600 | 0.6000 | 0.4500 | 0.2500 | 0.4000 | 0.6700 | 0.6200 | 0.078 | 10.0 |"
     assert corrected == ("| experiment=cpu_quick trainer.max_epochs=27 + prior correction (tau fitted on PublicTest) | 1 | 0.6500 | "
                          "0.6300 | 0.6000 | 0.5000 | 0.4500 | – | – | 0.078 | 10.0 |")
+    # the post-hoc arm against its own run, paired by seed (--baseline names any arm)
+    corrected = markdown_table(read_runs(flipped), baseline="experiment=cpu_quick trainer.max_epochs=27").strip().splitlines()[-1]
+    assert corrected.endswith("| – | – | -0.0100 | +0.0300 | 0.078 | 10.0 |")
 
 
 def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):

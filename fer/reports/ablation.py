@@ -18,6 +18,8 @@ COLUMNS = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("balanced accura
            ("disgust recall", "disgust"), ("fear recall", "fear"))
 FLIP_COLUMNS = (("accuracy, flip TTA", "flip_accuracy"), ("macro-F1, flip TTA", "flip_macro_f1"))
 """A training run's best checkpoint also scored averaging each face and its mirror (shown where runs have it)."""
+PAIRED = (("Δ accuracy", "accuracy"), ("Δ macro-F1", "macro_f1"))
+"""The columns of differences from the baseline arm, paired by seed."""
 COST = (("training PFLOP", "pflop", 3), ("training wall (min)", "minutes", 1))
 """The runs' cost: training compute (forward + backward FLOP of every step) and wall time."""
 
@@ -37,7 +39,7 @@ def _pipeline_run(summary: dict, split: str) -> list[tuple[str, dict]]:
     return [(summary.get("arm", summary["balance"]), {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "balanced_accuracy": statistics.mean(recall.values()),
         "disgust": recall["disgust"], "fear": recall["fear"],
-        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60,
+        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60, "seed": summary.get("seed"),
     })]
 
 
@@ -47,7 +49,7 @@ def _training_run(summary: dict, split: str) -> list[tuple[str, dict]]:
         return []
     val, flip, prior = summary["val"], summary.get("val_flip") or {}, summary.get("val_prior")
     arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
-    cost = {"pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+    cost = {"pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60, "seed": summary.get("seed")}
     recall = [v for k, v in val.items() if k.startswith("val/recall_")]
     rows = [(arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "balanced_accuracy": statistics.mean(recall),
                    "disgust": val["val/recall_disgust"], "fear": val["val/recall_fear"],
@@ -87,11 +89,29 @@ def _cell(values: list[float | None], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest") -> str:
-    """Rows in the order of `BALANCE_OPTIONS` (other arms by name); cells are mean ± sample std (n-1) over the runs."""
+def paired_differences(rows: list[dict], baseline: list[dict], key: str) -> list[float]:
+    """`key` of each run minus the baseline arm's run of the same seed (runs without a partner left out)."""
+    partner = {r["seed"]: r[key] for r in baseline if r.get("seed") is not None}
+    return [r[key] - partner[r["seed"]] for r in rows if r.get("seed") in partner]
+
+
+def _signed(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:+.4f}"
+    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest", baseline: str | None = "none") -> str:
+    """Rows in the order of `BALANCE_OPTIONS` (other arms by name); cells are mean ± sample std (n-1) over the
+    runs. Where the `baseline` arm is among them, each arm also gets its accuracy and macro-F1 difference from
+    it paired by seed (mean ± std of the per-seed differences), which seed-to-seed noise shared by both cancels."""
     flipped = any(r.get("flip_accuracy") is not None for rows in runs.values() for r in rows)
     columns = COLUMNS + FLIP_COLUMNS if flipped else COLUMNS
-    header = ["arm", "runs", *(f"{title} ({split_name})" for title, _ in columns), *(title for title, _, _ in COST)]
+    paired = PAIRED if baseline in runs else ()
+    header = ["arm", "runs", *(f"{title} ({split_name})" for title, _ in columns),
+              *(f"{title} vs {baseline}, paired by seed" for title, _ in paired), *(title for title, _, _ in COST)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
 
     def order(arm: str) -> tuple[int, str]:
@@ -100,6 +120,8 @@ def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "P
 
     for arm in sorted(runs, key=order):
         rows = runs[arm]
-        cells = [_cell([r.get(key) for r in rows]) for _, key in columns] + [_cell([r[key] for r in rows], d) for _, key, d in COST]
+        cells = ([_cell([r.get(key) for r in rows]) for _, key in columns]
+                 + ["–" if arm == baseline else _signed(paired_differences(rows, runs[baseline], key)) for _, key in paired]
+                 + [_cell([r[key] for r in rows], d) for _, key, d in COST])
         lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
