@@ -247,6 +247,22 @@ class Generate:
 
 
 @dataclass
+class Quality:
+    n_per_class: int = expect("at least 2 faces per class", lambda v: v >= 2)
+    kid_subsets: int = positive()
+    kid_subset_size: int = positive()
+
+
+@dataclass
+class JudgeGenerator:
+    gan_ckpt: str = MISSING
+    judges: list[str] = MISSING
+    seed: int = MISSING
+    data: Data = nested(Data)
+    quality: Quality = nested(Quality)
+
+
+@dataclass
 class PipelineEvaluate:
     splits: list[Split] = MISSING
     grid_size: int = non_negative()

@@ -413,3 +413,28 @@ def test_the_shipped_generator_draws_faces_of_the_requested_classes(fer_folders,
         assert pixels.dtype == np.uint8 and pixels.shape == (48, 48) and pixels.std() > 5  # a face, not a flat square
     card = json.loads((REPO / "fer" / "assets" / "gan_card.json").read_text())
     assert rows[0]["generator_sha256"] == card["sha256"]
+
+
+def test_each_judge_reads_the_generator_and_the_table_shows_them_side_by_side(fer_folders, tmp_path, gan_ckpt):
+    from fer.training.judge_generator import judge_generator
+
+    always_happy = tiny_classifier()  # a judge that labels every face happy: agreement 1 for happy, 0 elsewhere
+    with torch.no_grad():
+        always_happy.net.head[-1].weight.zero_()
+        always_happy.net.head[-1].bias.copy_(torch.tensor([0.0, 0, 0, 100, 0, 0, 0]))
+    judges = [save_classifier(tiny_classifier(), tmp_path / "judge1.ckpt"), save_classifier(always_happy, tmp_path / "judge2.ckpt")]
+    options = [f"data.root={fer_folders}", "data.align=false", f"paths.cache_dir={tmp_path / 'cache'}", f"gan_ckpt={gan_ckpt}",
+               "quality.n_per_class=4", "quality.kid_subsets=2", "quality.kid_subset_size=2"]
+    reports = judge_generator(compose_config("judge_generator", tmp_path, [*options, f"judges=[{judges[0]},{judges[1]}]"]))
+    assert list(reports) == judges and all(set(r["per_class"]) == set(EMOTIONS) for r in reports.values())
+    happy = reports[judges[1]]["per_class"]
+    assert happy["happy"]["agreement"] == happy["happy"]["real_recall"] == 1.0
+    assert all(happy[e]["agreement"] == happy[e]["real_recall"] == 0.0 for e in EMOTIONS if e != "happy")
+
+    table = (tmp_path / "run" / "judges.md").read_text()
+    first = reports[judges[0]]["per_class"]["happy"]
+    assert f"| happy | {first['agreement']:.3f} | {first['real_recall']:.3f} | 1.000 | 1.000 |" in table
+    assert f"judge 2: `{judges[1]}`" in table and (tmp_path / "run" / "judges.json").is_file()
+
+    with pytest.raises(FERError, match="judges is an empty list"):
+        judge_generator(compose_config("judge_generator", tmp_path / "none", [*options, "judges=[]"]))

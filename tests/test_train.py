@@ -278,6 +278,7 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("train", "model.distill={teachers:[a.ckpt],weight:2,temperature:1}", "model.distill.weight=2: expected a number in [0, 1]"),
     ("train", "model.distill={teachers:[a.ckpt],weight:0.5,temperature:0}", "model.distill.temperature=0: expected a positive number"),
     ("train", "model.retrain_last_layer=sometimes", "model.retrain_last_layer='sometimes': expected true or false"),
+    ("judge_generator", "quality.n_per_class=1", "quality.n_per_class=1: expected at least 2 faces per class"),
     ("train_gan", "model.generator.channels=[96,48]", "model.generator.channels=[96, 48]: expected three positive channel widths"),
     ("train_gan", "model.discriminator.channels=[48,-1]", "model.discriminator.channels=[48, -1]: expected a non-empty list"),
     ("train_gan", "model.generator.latent_dim=big", "model.generator.latent_dim='big': expected an integer"),
@@ -286,7 +287,7 @@ def test_schemas_name_the_key_the_value_and_what_is_expected(tmp_path, name, ove
     from fer import schema
 
     schemas = {"train": schema.Train, "train_gan": schema.TrainGan, "ship_model": schema.Ship,
-               "bench_predict": schema.BenchPredict, "generate": schema.Generate}
+               "bench_predict": schema.BenchPredict, "generate": schema.Generate, "judge_generator": schema.JudgeGenerator}
     cfg = compose_config(name, tmp_path, [override] + (["gan_ckpt=g.ckpt"] if name == "generate" else []))
     with pytest.raises(FERError, match=re.escape(message)):
         schema.validate(cfg, schemas[name])
