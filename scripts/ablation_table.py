@@ -19,12 +19,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dirs", nargs="+", help="the folder(s) of `-m` sweeps (or of several run folders)")
     parser.add_argument("--split", choices=sorted(SPLIT_NAMES), default="val")
-    parser.add_argument("--baseline", default="none",
-                        help="the arm that the others are compared with, paired by seed (default: none, the balance arm)")
+    parser.add_argument("--baseline", help="the arm that the others are compared with, paired by seed "
+                                           "(default: the data.balance=none arm, where there is one)")
     parser.add_argument("--out", help="also write the table here (default: <first sweep_dir>/ablation_<split>.md)")
     args = parser.parse_args()
     try:
-        table = markdown_table(read_runs(*args.sweep_dirs, split=args.split), SPLIT_NAMES[args.split], args.baseline)
+        runs = read_runs(*args.sweep_dirs, split=args.split)
+        if args.baseline is not None and args.baseline not in runs:
+            raise FERError(f"--baseline {args.baseline!r} is not an arm of these runs: {sorted(runs)}")
+        table = markdown_table(runs, SPLIT_NAMES[args.split], args.baseline or "none")
     except FERError as error:
         sys.exit(f"error: {error}")
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / f"ablation_{args.split}.md"

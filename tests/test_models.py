@@ -161,5 +161,10 @@ def test_retraining_the_last_layer_needs_a_trained_net_of_the_same_shape(tmp_pat
     other = EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[4]], "dense": 4},
                               optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
     torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, tmp_path / "other.ckpt")
-    with pytest.raises(FERError, match=r"model.init_from=.*other.ckpt holds another net than model.net"):
-        small_classifier(init_from=str(tmp_path / "other.ckpt")).setup("fit")
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    data = DataLoader(TensorDataset(*overlapping_faces([2] * 7, seed=0)), batch_size=7)
+    with pytest.raises(FERError, match=r"model.init_from=.*other.ckpt holds another net than model.net: .*size mismatch"):
+        trainer.fit(small_classifier(init_from=str(tmp_path / "other.ckpt")), data)

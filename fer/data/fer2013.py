@@ -200,8 +200,9 @@ def content_digest(split: Split) -> str:
     """A digest of the pixels and labels themselves. Aligned faces are keyed on it rather than on the
     source's file times, so a copy of the dataset that was re-mounted or re-extracted (same faces,
     new times) decodes again in seconds but never re-aligns (minutes)."""
-    digest = hashlib.sha1(split.images.contiguous().numpy().tobytes())
-    digest.update(split.labels.contiguous().numpy().tobytes())
+    digest = hashlib.sha1(repr((tuple(split.images.shape), split.images.dtype, split.labels.dtype)).encode())
+    for tensor in (split.images, split.labels):
+        digest.update(memoryview(tensor.contiguous().numpy()))
     return digest.hexdigest()
 
 

@@ -81,7 +81,8 @@ class EmotionClassifier(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         if retrain_last_layer:
             if not init_from:
-                raise FERError("model.retrain_last_layer=true re-trains the last layer of a trained net: give model.init_from=<checkpoint>")
+                raise FERError("model.retrain_last_layer=true re-trains the last layer of a trained net: "
+                               "give model.init_from=<checkpoint>")
             self.net.requires_grad_(False)
             self.last_layer().requires_grad_(True)
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
@@ -109,26 +110,29 @@ class EmotionClassifier(L.LightningModule):
         return [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
 
     def setup(self, stage: str) -> None:
-        """`init_from`'s weights, loaded before fitting starts (Lightning restores a resumed run's own
-        weights after this hook, so resuming keeps them); a checkpoint of this run, loaded later for
-        evaluation, never reads `init_from` again."""
-        if stage != "fit" or not self.hparams.init_from:
+        """`init_from`'s weights, loaded before fitting starts (not when resuming: Lightning then restores
+        the run's own weights after this hook); a checkpoint of this run, loaded later for evaluation,
+        never reads `init_from` again. A net that only re-trains its last layer starts in eval mode."""
+        if stage != "fit":
             return
-        state = read_checkpoint(self.hparams.init_from, {"net"}, "classifier")["state_dict"]
-        try:
-            self.load_state_dict(state)
-        except RuntimeError as error:
-            raise FERError(f"model.init_from={self.hparams.init_from} holds another net than model.net: "
-                           f"{str(error).splitlines()[0]}") from error
-        if self.hparams.retrain_last_layer:
-            self.last_layer().reset_parameters()
+        if self.hparams.init_from and not self.trainer.ckpt_path:
+            state = read_checkpoint(self.hparams.init_from, {"net"}, "classifier")["state_dict"]
+            try:
+                self.load_state_dict(state)
+            except RuntimeError as error:  # its first line only says "Error(s) in loading state_dict"
+                detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+                raise FERError(f"model.init_from={self.hparams.init_from} holds another net than model.net: {detail}") from error
+            if self.hparams.retrain_last_layer:
+                self.last_layer().reset_parameters()
+        self.train()
 
-    def on_train_epoch_start(self) -> None:
-        """With `retrain_last_layer` the net stays in eval mode while it trains: its BatchNorm
-        statistics never move and dropout stays off, so the features are exactly the trained net's.
-        (Lightning itself never calls `train()` in a fit: a new module is in training mode.)"""
-        if self.hparams.retrain_last_layer:
+    def train(self, mode: bool = True) -> EmotionClassifier:
+        """With `retrain_last_layer` the net stays in eval mode while its last layer trains: its
+        BatchNorm statistics never move and dropout stays off, so the features are the trained net's."""
+        super().train(mode)
+        if self.hparams.get("retrain_last_layer"):
             self.net.eval()
+        return self
 
     def standardize(self, images: torch.Tensor) -> torch.Tensor:
         """What the net sees of (B, 1, H, W) faces in [0, 1]: standardised, in its memory format."""
@@ -237,7 +241,7 @@ class ClassifierFeatures(nn.Module):
         if hasattr(net, "penultimate"):
             self._embed: Callable[[torch.Tensor], torch.Tensor] = net.penultimate
         else:  # any net: the input of its last linear layer
-            last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+            last = classifier.last_layer()
             self._embed = lambda x: self._hooked(net, last, x)
         with torch.no_grad():
             self.num_features = int(self(torch.rand(2, 1, 48, 48)).shape[1])

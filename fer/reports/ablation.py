@@ -30,6 +30,12 @@ NOT_AN_ARM = ("seed=", "paths.", "data.root=", "data.cache_dir=", "hydra.", "tra
 """Overrides of a training run that do not change its recipe."""
 
 
+def _scores(accuracy: float, macro_f1: float, recall: dict[str, float]) -> dict[str, float]:
+    """The quality columns of a row, from accuracy, macro-F1 and the per-class recall."""
+    return {"accuracy": accuracy, "macro_f1": macro_f1, "balanced_accuracy": statistics.mean(recall.values()),
+            "disgust": recall["disgust"], "fear": recall["fear"]}
+
+
 def _pipeline_run(summary: dict, split: str) -> list[tuple[str, dict]]:
     metrics = (summary.get("splits") or {}).get(split)
     if metrics is None:
@@ -37,9 +43,8 @@ def _pipeline_run(summary: dict, split: str) -> list[tuple[str, dict]]:
     seconds = (summary.get("seconds") or {}).get("classifier")
     recall = {name: m["recall"] for name, m in metrics["per_class"].items()}
     return [(summary.get("arm", summary["balance"]), {
-        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "balanced_accuracy": statistics.mean(recall.values()),
-        "disgust": recall["disgust"], "fear": recall["fear"],
-        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60, "seed": summary.get("seed"),
+        **_scores(metrics["accuracy"], metrics["macro_f1"], recall), "seed": summary.get("seed"),
+        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60,
     })]
 
 
@@ -49,21 +54,18 @@ def _training_run(summary: dict, split: str) -> list[tuple[str, dict]]:
         return []
     val, flip, prior = summary["val"], summary.get("val_flip") or {}, summary.get("val_prior")
     arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
-    cost = {"pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60, "seed": summary.get("seed")}
-    recall = [v for k, v in val.items() if k.startswith("val/recall_")]
-    rows = [(arm, {"accuracy": val["val/acc"], "macro_f1": val["val/f1_macro"], "balanced_accuracy": statistics.mean(recall),
-                   "disgust": val["val/recall_disgust"], "fear": val["val/recall_fear"],
-                   "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1"), **cost})]
+    shared = {"seed": summary.get("seed"), "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+    recall = {k.removeprefix("val/recall_"): v for k, v in val.items() if k.startswith("val/recall_")}
+    rows = [(arm, {**_scores(val["val/acc"], val["val/f1_macro"], recall), **shared,
+                   "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1")})]
     if prior:
-        rows.append((arm + PRIOR_CORRECTED, {"accuracy": prior["accuracy"], "macro_f1": prior["macro_f1"],
-                                             "balanced_accuracy": prior["balanced_accuracy"], "disgust": prior["recall"]["disgust"],
-                                             "fear": prior["recall"]["fear"], **cost}))
+        rows.append((arm + PRIOR_CORRECTED, {**_scores(prior["accuracy"], prior["macro_f1"], prior["recall"]), **shared}))
     return rows
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
-    """{arm: [{accuracy, macro_f1, disgust, fear, pflop, minutes} per run]} from each `sweep_dir`/*/metrics.json
-    (several sweep folders: a sweep run in parts)."""
+    """{arm: [{accuracy, macro_f1, balanced_accuracy, disgust, fear, seed, pflop, minutes[, flip_*]} per run]}
+    from each `sweep_dir`/*/metrics.json (several sweep folders: a sweep run in parts)."""
     runs: dict[str, list[dict[str, float]]] = {}
     files = []
     for sweep_dir in sweep_dirs:
@@ -91,6 +93,9 @@ def _cell(values: list[float | None], digits: int = 4) -> str:
 
 def paired_differences(rows: list[dict], baseline: list[dict], key: str) -> list[float]:
     """`key` of each run minus the baseline arm's run of the same seed (runs without a partner left out)."""
+    seeds = [r["seed"] for r in baseline if r.get("seed") is not None]
+    if len(seeds) != len(set(seeds)):
+        raise FERError(f"the baseline arm has several runs of one seed (seeds {sorted(seeds)}): keep one run per seed")
     partner = {r["seed"]: r[key] for r in baseline if r.get("seed") is not None}
     return [r[key] - partner[r["seed"]] for r in rows if r.get("seed") in partner]
 
@@ -103,7 +108,8 @@ def _signed(values: list[float]) -> str:
     return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
 
 
-def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest", baseline: str | None = "none") -> str:
+def markdown_table(runs: dict[str, list[dict[str, float]]], split_name: str = "PublicTest",
+                   baseline: str | None = "none") -> str:
     """Rows in the order of `BALANCE_OPTIONS` (other arms by name); cells are mean ± sample std (n-1) over the
     runs. Where the `baseline` arm is among them, each arm also gets its accuracy and macro-F1 difference from
     it paired by seed (mean ± std of the per-seed differences), which seed-to-seed noise shared by both cancels."""

@@ -130,13 +130,13 @@ class PatchWhitening(L.Callback):
     by 1 / sqrt(its variance + eps) and paired with its negative so that the ReLU keeps both signs.
     The layer's output is then whitened (channel covariance near the identity) from the first step,
     instead of being learnt. Filters beyond twice the patch dimension keep their random init. A
-    resumed run keeps its checkpoint's weights."""
+    resumed run, or one that starts from a trained net (`model.init_from`), keeps its weights."""
 
     def __init__(self, samples: int = 1000, eps: float = 5e-4):
         self.samples, self.eps = samples, eps
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path:
+        if trainer.ckpt_path or pl_module.hparams.get("init_from"):
             return
         conv = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d))
         datamodule = trainer.datamodule

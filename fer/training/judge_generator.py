@@ -1,9 +1,9 @@
 """The judging stage: a generator's faces read by several classifiers trained on real faces only.
 
-The shipped classifier is the judge the GAN trained against (its features feed the feature
-discriminator), so its agreement with the generator's labels is not independent evidence. A second
-judge of another net and seed, trained on the same real faces and never shown to the GAN, says
-whether the generated faces carry their labels for a reader the generator could not fit itself to."""
+The shipped classifier, the usual judge, learnt from the same Training faces as the classifier inside
+the GAN's feature discriminator (`fer/assets/feature_classifier/`), so its agreement with the
+generator's labels is not fully independent evidence. A second judge of another seed and recipe,
+never shown to the GAN, says whether the generated faces carry their labels for another reader."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def agreement_table(reports: dict[str, dict]) -> str:
         cells = [f"{r['per_class'][emotion]['agreement']:.3f} | {r['per_class'][emotion]['real_recall']:.3f}"
                  if emotion in r["per_class"] else "– | –" for r in reports.values()]
         lines.append(f"| {emotion} | " + " | ".join(cells) + " |")
-    lines.append("| mean | " + " | ".join(f"{r['mean_agreement']:.3f} | {r['mean_real_recall']:.3f}" for r in reports.values()) + " |")
+    means = [f"{r['mean_agreement']:.3f} | {r['mean_real_recall']:.3f}" for r in reports.values()]
+    lines.append("| mean | " + " | ".join(means) + " |")
     legend = [f"{name}: `{judge}`" for name, judge in zip(names, reports)]
     return "\n".join(lines) + "\n\n" + "; ".join(legend) + "\n"
