@@ -114,7 +114,7 @@ def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Tra
 def public_test_probabilities(model: L.LightningModule, datamodule: L.LightningDataModule, tta: str) -> torch.Tensor:
     """`model`'s class probabilities of the PublicTest faces, averaged over the `tta` views."""
     classifier = FaceClassifier(model, datamodule.hparams.image_size, tta=tta)
-    datamodule.setup("fit")  # a no-op, except in the main process of a ddp_spawn run
+    datamodule.setup("validate")  # a no-op, except in the main process of a ddp_spawn run
     with torch.inference_mode():
         batches = datamodule.splits["val"].images.split(datamodule.hparams.eval_batch_size)
         return torch.cat([classifier(batch.to(model.device)).float().cpu() for batch in batches])
