@@ -63,6 +63,13 @@ def test_the_pipeline_end_to_end_on_synthetic_data(fer_folders, tmp_path):
     assert summary["splits"]["test"]["source"] == "PrivateTest"
     assert (run / "evaluate" / "val" / "metrics.json").is_file() and (run / "evaluate" / "test" / "confusion_matrix.png").is_file()
 
+    # the pipeline's classifier ships through the ship stage, and its card names the pipeline's command
+    run_script("ship_model.py", [f"ckpt_path={summary['best_checkpoint']}", f"out_dir={tmp_path / 'assets'}",
+                                 f"data.root={fer_folders}", "onnx.enabled=false", f"hydra.run.dir={tmp_path / 'ship'}"], cwd=tmp_path)
+    training = json.loads((tmp_path / "assets" / "model_card.json").read_text())["training"]
+    assert training["command"].startswith("python scripts/pipeline.py ") and "classifier.data.balance=gan" in training["command"]
+    assert training["config"]["data"]["balance"] == "gan" and training["config"]["model"]["net"]["stages"] == [[8], [16]]
+
     # a second run into the same folder (reusing the GAN) is refused and leaves the first run's images as they were
     before = digest(synthetic)
     result = run_script("pipeline.py", [*tiny_pipeline_overrides(fer_folders), f"hydra.run.dir={run}",

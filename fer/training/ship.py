@@ -210,13 +210,22 @@ def portable(value):
 
 def training_record(ckpt_path: Path, training: dict, script: str = "scripts/train.py") -> dict:
     """How the checkpoint was made: the run's Hydra overrides and config (saved by Hydra in the
-    run folder of `script`) plus what the run folder cannot know (`training.*`: commit, machine, wall time)."""
-    hydra_dir = ckpt_path.parent.parent / ".hydra"
+    run folder of `script`) plus what the run folder cannot know (`training.*`: commit, machine, wall time).
+    A checkpoint of a pipeline's stage (`<run>/classifier/checkpoints/`, `<run>/gan/checkpoints/`) is
+    recorded as the pipeline's command, with that stage's config."""
+    stage_dir = ckpt_path.parent.parent
+    hydra_dir, stage = stage_dir / ".hydra", None
+    if not (hydra_dir / "config.yaml").is_file() and (stage_dir.parent / ".hydra" / "config.yaml").is_file():
+        hydra_dir, stage, script = stage_dir.parent / ".hydra", stage_dir.name, "scripts/pipeline.py"
     if not (hydra_dir / "config.yaml").is_file():
         raise FERError(f"{ckpt_path} is not inside a Hydra run folder ({hydra_dir} is missing): "
                        "its training command and config cannot be recorded")
     overrides = OmegaConf.to_container(OmegaConf.load(hydra_dir / "overrides.yaml"))
     config = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"))
+    if stage is not None:
+        if stage not in config:
+            raise FERError(f"{ckpt_path}: the pipeline run {stage_dir.parent} has no stage {stage!r} in its config")
+        config = {**config[stage], "seed": config.get("seed")}
     return {
         "command": " ".join([f"python {script}", *overrides]),
         **training,
