@@ -214,3 +214,47 @@ def test_logit_adjusted_loss_adds_the_log_prior_to_the_logits_in_the_loss_only(f
     assert torch.equal(model.eval()(images), model.net(model.standardize(images)))  # predictions: the bare logits
     plain = build(compose_config("train", tmp_path / "b", tiny_train_overrides(fer_folders)), logger=False, callbacks=[])[1]
     assert plain.logit_adjustment is None
+
+
+def comparable(cfg, drop=("root", "cache_dir", "balance")) -> dict:
+    """A config's raw (unresolved) values, less the keys the pipeline sets for every stage."""
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in drop}
+
+
+@pytest.mark.parametrize("recipe", ["fast10", "fast30", "fast120"])
+def test_a_train_recipe_composes_unchanged_under_the_pipelines_classifier(recipe, tmp_path):
+    train = compose_config("train", tmp_path / "train", [f"experiment={recipe}"])
+    pipeline = compose_config("pipeline", tmp_path / "pipeline", [f"+experiment@classifier={recipe}"])
+    for key in ("data", "model", "trainer"):
+        assert comparable(pipeline.classifier[key]) == comparable(train[key]), key
+    assert pipeline.classifier.data.balance == "gan" and pipeline.classifier.data.root == pipeline.data.root
+
+
+def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_the_same_steps(tmp_path):
+    train = compose_config("train", tmp_path / "train", ["experiment=fast10"])
+    sweep = compose_config("pipeline", tmp_path / "pipeline", ["experiment=imbalance_ablation"])
+    assert comparable(sweep.classifier.model) == comparable(train.model)
+    assert comparable(sweep.classifier.data) == comparable(train.data)
+    trainer = comparable(sweep.classifier.trainer)
+    assert trainer.pop("limit_train_batches") == 225 and trainer.pop("enable_progress_bar") is False
+    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"}
+    assert sweep.hydra.sweeper.params["classifier.data.balance"] == "none,oversample,class_weights,logit_adjust,gan"
+    assert sweep.hydra.sweeper.params.seed == "1,2,3" and list(sweep.evaluate.splits) == ["val"]
+    assert (sweep.generate.target_share, sweep.generate.target_of, sweep.generate.filter_min_conf) == (0.5, "median", 0.6)
+    assert sweep.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
+
+
+def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budget(fer_folders, tmp_path):
+    cfg = compose_config("pipeline", tmp_path, ["experiment=ship_fast120"])
+    assert cfg.classifier.trainer.max_epochs == 150 and cfg.classifier.model.net.stages[-1] == [192]
+    assert cfg.classifier.data.balance == "gan" and cfg.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
+
+    run = tmp_path / "run"
+    tiny = [o for o in tiny_pipeline_overrides(fer_folders) if not o.startswith(("gan.", "classifier.data.balance"))]
+    run_script("pipeline.py", ["experiment=ship_fast120", *tiny, f"hydra.run.dir={run}"], cwd=tmp_path)
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["balance"] == "gan" and summary["synthetic"]["total"] == 8  # drawn from the shipped generator
+    assert list(summary["splits"]) == ["val"] and summary["splits"]["val"]["n"] == 7 * 4
+    assert not (run / "gan").exists()
