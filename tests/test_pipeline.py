@@ -249,6 +249,7 @@ def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_t
 def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budget(fer_folders, tmp_path):
     cfg = compose_config("pipeline", tmp_path, ["experiment=ship_fast120"])
     assert cfg.classifier.trainer.max_epochs == 150 and cfg.classifier.model.net.stages[-1] == [192]
+    assert cfg.classifier.trainer.limit_train_batches == 225  # the recipe's steps, synthetic faces or not
     assert cfg.classifier.data.balance == "gan" and cfg.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
 
     run = tmp_path / "run"
