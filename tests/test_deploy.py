@@ -214,3 +214,28 @@ def test_evaluate_applies_the_stored_biases_unless_told_not_to(shipped, tmp_path
     plain = json.loads((tmp_path / "false" / "metrics.json").read_text())
     assert [row[HAPPY] for row in adjusted["confusion_matrix"]] == [4] * 7  # every face predicted happy
     assert plain["confusion_matrix"] != adjusted["confusion_matrix"]
+
+
+def test_the_ship_record_names_a_checkpoint_outside_a_run_or_a_stage_its_pipeline_lacks(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fer import FERError
+    from fer.training.ship import training_record
+
+    loose = tmp_path / "loose" / "checkpoints" / "best.ckpt"
+    with pytest.raises(FERError, match="is not inside a Hydra run folder"):
+        training_record(loose, {})
+
+    run = tmp_path / "pipeline_run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"seed": 3, "gan": {"model": {}}}, run / ".hydra" / "config.yaml")
+    OmegaConf.save(["experiment=ship_fast120", "seed=3"], run / ".hydra" / "overrides.yaml")
+    with pytest.raises(FERError, match=r"has no stage 'classifier' in its config"):
+        training_record(run / "classifier" / "checkpoints" / "epoch_001.ckpt", {})
+
+    OmegaConf.save({"seed": 3, "classifier": {"data": {"balance": "gan"}, "model": {"x": 1}, "trainer": {}}},
+                   run / ".hydra" / "config.yaml")
+    record = training_record(run / "classifier" / "checkpoints" / "epoch_001.ckpt", {"wall_minutes": 1.0})
+    assert record["command"] == "python scripts/pipeline.py experiment=ship_fast120 seed=3"
+    assert record["config"] == {"seed": 3, "data": {"balance": "gan"}, "model": {"x": 1}, "trainer": {}}
+    assert record["wall_minutes"] == 1.0
