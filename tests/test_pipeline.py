@@ -182,6 +182,16 @@ def test_ablation_table_reads_a_sweep(tmp_path):
     corrected = markdown_table(read_runs(flipped), baseline="experiment=cpu_quick trainer.max_epochs=27").strip().splitlines()[-1]
     assert corrected.endswith("| – | – | -0.0100 | +0.0300 | 0.078 | 10.0 |")
 
+    # a pipeline run reads the same two from its classifier stage's summary beside it
+    (flipped / "1" / "classifier").mkdir(parents=True)
+    (flipped / "1" / "metrics.json").write_text((tmp_path / "1" / "metrics.json").read_text())
+    (flipped / "1" / "classifier" / "metrics.json").write_text((flipped / "0" / "metrics.json").read_text())
+    pipeline_rows = [line for line in markdown_table(read_runs(flipped)).splitlines() if line.startswith("| none")]
+    assert pipeline_rows == [
+        "| none | 1 | 0.6200 | 0.5200 | 0.4286 | 0.0000 | 0.5000 | 0.6700 | 0.6200 | – | – | – | – |",
+        "| none + prior correction (tau fitted on PublicTest) | 1 | 0.6500 | 0.6300 | 0.4929 | 0.5000 | 0.4500 | – | – | "
+        "+0.0300 | +0.1100 | – | – |"]
+
 
 def test_class_weight_checkpoints_load_with_weights_only(fer_folders, tmp_path):
     import torch

@@ -36,36 +36,45 @@ def _scores(accuracy: float, macro_f1: float, recall: dict[str, float]) -> dict[
             "disgust": recall["disgust"], "fear": recall["fear"]}
 
 
-def _pipeline_run(summary: dict, split: str) -> list[tuple[str, dict]]:
+def _checkpoint_rows(arm: str, row: dict, training: dict | None) -> list[tuple[str, dict]]:
+    """The row of a run and, where its training summary (scripts/train.py's metrics.json) has them, its best
+    checkpoint's flip-TTA columns and the row of the same checkpoint with the post-hoc prior correction."""
+    training = training or {}
+    flip, prior = training.get("val_flip") or {}, training.get("val_prior")
+    rows = [(arm, {**row, "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1")})]
+    if prior:
+        shared = {key: row[key] for key in ("seed", "pflop", "minutes")}
+        rows.append((arm + PRIOR_CORRECTED, {**_scores(prior["accuracy"], prior["macro_f1"], prior["recall"]), **shared}))
+    return rows
+
+
+def _pipeline_run(summary: dict, split: str, classifier: dict | None) -> list[tuple[str, dict]]:
+    """`classifier`: the summary of the run's classifier stage (its flip and prior-corrected PublicTest)."""
     metrics = (summary.get("splits") or {}).get(split)
     if metrics is None:
         return []
     seconds = (summary.get("seconds") or {}).get("classifier")
     recall = {name: m["recall"] for name, m in metrics["per_class"].items()}
-    return [(summary.get("arm", summary["balance"]), {
-        **_scores(metrics["accuracy"], metrics["macro_f1"], recall), "seed": summary.get("seed"),
-        "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60,
-    })]
+    row = {**_scores(metrics["accuracy"], metrics["macro_f1"], recall), "seed": summary.get("seed"),
+           "pflop": summary.get("train_pflop"), "minutes": seconds and seconds / 60}
+    return _checkpoint_rows(summary.get("arm", summary["balance"]), row, classifier if split == "val" else None)
 
 
 def _training_run(summary: dict, split: str) -> list[tuple[str, dict]]:
-    """The run's row and, where its summary has it, the row of its prior-corrected checkpoint."""
     if split != "val":  # a training run scores PublicTest (val) only
         return []
-    val, flip, prior = summary["val"], summary.get("val_flip") or {}, summary.get("val_prior")
+    val = summary["val"]
     arm = " ".join(o for o in summary.get("overrides", []) if not o.startswith(NOT_AN_ARM)) or "(defaults)"
-    shared = {"seed": summary.get("seed"), "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
     recall = {k.removeprefix("val/recall_"): v for k, v in val.items() if k.startswith("val/recall_")}
-    rows = [(arm, {**_scores(val["val/acc"], val["val/f1_macro"], recall), **shared,
-                   "flip_accuracy": flip.get("accuracy"), "flip_macro_f1": flip.get("macro_f1")})]
-    if prior:
-        rows.append((arm + PRIOR_CORRECTED, {**_scores(prior["accuracy"], prior["macro_f1"], prior["recall"]), **shared}))
-    return rows
+    row = {**_scores(val["val/acc"], val["val/f1_macro"], recall), "seed": summary.get("seed"),
+           "pflop": summary.get("train_pflop"), "minutes": summary["fit_seconds"] / 60}
+    return _checkpoint_rows(arm, row, summary)
 
 
 def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dict[str, float]]]:
     """{arm: [{accuracy, macro_f1, balanced_accuracy, disgust, fear, seed, pflop, minutes[, flip_*]} per run]}
-    from each `sweep_dir`/*/metrics.json (several sweep folders: a sweep run in parts)."""
+    from each `sweep_dir`/*/metrics.json (several sweep folders: a sweep run in parts), and for a pipeline
+    run its `classifier/metrics.json` too."""
     runs: dict[str, list[dict[str, float]]] = {}
     files = []
     for sweep_dir in sweep_dirs:
@@ -76,7 +85,12 @@ def read_runs(*sweep_dirs: str | Path, split: str = "val") -> dict[str, list[dic
         files += found
     for file in files:
         summary = json.loads(file.read_text())
-        for arm, row in _training_run(summary, split) if "val" in summary else _pipeline_run(summary, split):
+        if "val" in summary:
+            rows = _training_run(summary, split)
+        else:  # a pipeline run: its classifier stage's summary beside it, where kept
+            classifier = file.parent / "classifier" / "metrics.json"
+            rows = _pipeline_run(summary, split, json.loads(classifier.read_text()) if classifier.exists() else None)
+        for arm, row in rows:
             runs.setdefault(arm, []).append(row)
     if not runs:
         raise FERError(f"no run in {', '.join(map(str, sweep_dirs))} has {split} metrics")
