@@ -233,9 +233,11 @@ def test_the_ship_record_names_a_checkpoint_outside_a_run_or_a_stage_its_pipelin
     with pytest.raises(FERError, match=r"has no stage 'classifier' in its config"):
         training_record(run / "classifier" / "checkpoints" / "epoch_001.ckpt", {})
 
-    OmegaConf.save({"seed": 3, "classifier": {"data": {"balance": "gan"}, "model": {"x": 1}, "trainer": {}}},
+    OmegaConf.save({"seed": 3, "data": {"root": "${paths.fer2013}"},
+                    "classifier": {"data": {"balance": "gan", "root": "${data.root}"}, "model": {"x": 1}, "trainer": {}}},
                    run / ".hydra" / "config.yaml")
     record = training_record(run / "classifier" / "checkpoints" / "epoch_001.ckpt", {"wall_minutes": 1.0})
     assert record["command"] == "python scripts/pipeline.py experiment=ship_fast120 seed=3"
-    assert record["config"] == {"seed": 3, "data": {"balance": "gan"}, "model": {"x": 1}, "trainer": {}}
+    # the stage's folders as the pipeline's `data` gives them, not as interpolations of a key the record lacks
+    assert record["config"] == {"seed": 3, "data": {"balance": "gan", "root": "${paths.fer2013}"}, "model": {"x": 1}, "trainer": {}}
     assert record["wall_minutes"] == 1.0

@@ -225,7 +225,10 @@ def training_record(ckpt_path: Path, training: dict, script: str = "scripts/trai
     if stage is not None:
         if stage not in config:
             raise FERError(f"{ckpt_path}: the pipeline run {stage_dir.parent} has no stage {stage!r} in its config")
-        config = {**config[stage], "seed": config.get("seed")}
+        stage_config = config[stage]
+        # the stage's data folders interpolate the pipeline's `data` (root, cache_dir): record those values
+        stage_config["data"] = {**(stage_config.get("data") or {}), **(config.get("data") or {})}
+        config = {**stage_config, "seed": config.get("seed")}
     return {
         "command": " ".join([f"python {script}", *overrides]),
         **training,
