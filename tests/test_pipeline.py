@@ -88,11 +88,11 @@ def test_balance_gan_without_synthetic_folders_is_refused(fer_folders, tmp_path)
     assert module.class_weights is None
 
 
-def test_the_pipeline_defaults_to_the_ablations_best_arm_with_the_shipped_generator(tmp_path):
+def test_the_pipeline_defaults_to_the_ablations_winner_and_draws_from_the_shipped_generator(tmp_path):
     from fer import ASSETS
 
     cfg = compose_config("pipeline", tmp_path)
-    assert cfg.classifier.data.balance == "gan" and cfg.gan.ckpt_path == str(ASSETS / "gan_generator.ckpt")
+    assert cfg.classifier.data.balance == "none" and cfg.gan.ckpt_path == str(ASSETS / "gan_generator.ckpt")
     assert (cfg.generate.target_share, cfg.generate.target_of, cfg.generate.filter_min_conf) == (0.5, "median", 0.6)
 
 
@@ -239,7 +239,7 @@ def test_a_train_recipe_composes_unchanged_under_the_pipelines_classifier(recipe
     pipeline = compose_config("pipeline", tmp_path / "pipeline", [f"+experiment@classifier={recipe}"])
     for key in ("data", "model", "trainer"):
         assert comparable(pipeline.classifier[key]) == comparable(train[key]), key
-    assert pipeline.classifier.data.balance == "gan" and pipeline.classifier.data.root == pipeline.data.root
+    assert pipeline.classifier.data.balance == train.data.balance == "none" and pipeline.classifier.data.root == pipeline.data.root
 
 
 def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_the_same_steps(tmp_path):
@@ -260,11 +260,12 @@ def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budg
     cfg = compose_config("pipeline", tmp_path, ["experiment=ship_fast120"])
     assert cfg.classifier.trainer.max_epochs == 150 and cfg.classifier.model.net.stages[-1] == [192]
     assert cfg.classifier.trainer.limit_train_batches == 225  # the recipe's steps, synthetic faces or not
-    assert cfg.classifier.data.balance == "gan" and cfg.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
+    assert cfg.classifier.data.balance == "none" and cfg.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
 
+    # the shipped model's command (its card's), which drew synthetic faces from the shipped generator
     run = tmp_path / "run"
     tiny = [o for o in tiny_pipeline_overrides(fer_folders) if not o.startswith(("gan.", "classifier.data.balance"))]
-    run_script("pipeline.py", ["experiment=ship_fast120", *tiny, f"hydra.run.dir={run}"], cwd=tmp_path)
+    run_script("pipeline.py", ["experiment=ship_fast120", "classifier.data.balance=gan", *tiny, f"hydra.run.dir={run}"], cwd=tmp_path)
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["balance"] == "gan" and summary["synthetic"]["total"] == 8  # drawn from the shipped generator
     assert list(summary["splits"]) == ["val"] and summary["splits"]["val"]["n"] == 7 * 4
