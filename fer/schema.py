@@ -309,6 +309,10 @@ class ShipOnnx:
     enabled: bool = MISSING
     max_int8_accuracy_drop: float = fraction()
     calibration_size: int = positive()
+    calibration_percentile: Optional[float] = expect("null (min-max ranges) or a percentile in (50, 100]",
+                                                     lambda v: v is None or 50 < v <= 100)
+    float_leading_convs: int = non_negative()
+    float_last_dense: bool = MISSING
 
 
 @dataclass

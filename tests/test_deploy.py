@@ -114,6 +114,25 @@ def test_the_graph_with_flip_views_and_the_prior_correction_computes_what_pytorc
         assert not torch.allclose(expected, FaceClassifier(tiny_classifier(), 40, 0.9, prior_correction(0.6, FER_PRIOR))(faces))
 
 
+def test_int8_keeps_the_chosen_layers_in_float_and_stays_close_to_fp32(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from fer.training.export import export_onnx, quantize_int8, read_metadata
+    from fer.models.deploy import onnx_session
+
+    faces = random_faces(64, seed=4).numpy()
+    fp32 = export_onnx(FaceClassifier(tiny_classifier(), 40, tta="flip"), tmp_path / "m.onnx", {})
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", faces, percentile=99.99, float_leading_convs=1, float_last_dense=True)
+    graph = onnx.load(str(int8)).graph
+    from_dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    quantized = [n.op_type for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in from_dequantized]
+    layers = [n.op_type for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    assert layers == ["Conv", "Conv", "Gemm", "Gemm"] and quantized == ["Conv", "Gemm"]  # the 2nd conv and the 1st dense
+    assert read_metadata(int8)["int8_calibration"] == "percentile 99.99"
+    got, expected = (onnx_session(path).run(None, {"faces": faces})[0] for path in (int8, fp32))
+    assert abs(got - expected).max() < 0.05 and (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """A tiny model trained, then shipped with its class biases and ONNX graph."""

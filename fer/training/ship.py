@@ -181,7 +181,8 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
     faces, drop = public_test_faces.numpy(), cfg.onnx.max_int8_accuracy_drop
     fp32 = export_onnx(classifier, model_path.with_suffix(".onnx"), graph_metadata(classifier, model_path, source))
     calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
-    int8 = quantize_int8(fp32, model_path.with_suffix(".int8.onnx"), calibration)
+    int8 = quantize_int8(fp32, model_path.with_suffix(".int8.onnx"), calibration, cfg.onnx.calibration_percentile,
+                         cfg.onnx.float_leading_convs, cfg.onnx.float_last_dense)
     figures = {name: summary(score(torch.from_numpy(onnx_session(path).run(None, {"faces": faces})[0]), labels))
                for name, path in (("fp32", fp32), ("int8", int8))}
     keeps = all(figures["int8"][key] >= reference[key] - drop for key in ("accuracy", "macro_f1"))
