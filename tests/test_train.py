@@ -24,6 +24,13 @@ def test_fast_dev_run(fer_folders, tmp_path):
     assert 0 <= metrics["val/acc"] <= 1 and "val/recall_disgust" in metrics
 
 
+def test_a_run_without_validation_batches_is_refused_before_it_trains(fer_folders, tmp_path):
+    cfg = compose_config("train", tmp_path, [*tiny_train_overrides(fer_folders), "+trainer.limit_val_batches=0"])
+    with pytest.raises(FERError, match=re.escape("trainer.limit_val_batches=0: a classifier run selects and scores")):
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_a_model_learns(tmp_path):
     root = write_folders(tmp_path / "fer", {"Training": 40, "PublicTest": 10})
     cfg = compose_config("train", tmp_path, [*tiny_train_overrides(root), "trainer.max_epochs=8", "model.optimizer.lr=0.01"])

@@ -86,6 +86,9 @@ def fit(cfg: DictConfig) -> tuple[dict[str, float], L.LightningDataModule, L.Tra
     tables): PublicTest of the best checkpoint, epochs, training compute and wall time."""
     started = time.perf_counter()
     datamodule, model, trainer = build(cfg)
+    if trainer.limit_val_batches == 0:  # Lightning would train, then validate() would return no metrics at all
+        raise FERError(f"trainer.limit_val_batches={trainer.limit_val_batches}: a classifier run selects and scores its "
+                       "checkpoint on PublicTest, so it needs validation batches (give at least 1)")
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     ckpt_path = resume_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name / "runs", overrides)
     with by_design(RESUMED_IN_A_NEW_FOLDER):
