@@ -308,6 +308,7 @@ class Visualize:
 class ShipOnnx:
     enabled: bool = MISSING
     max_int8_accuracy_drop: float = fraction()
+    min_int8_speedup: Optional[float] = expect("null or a positive number", lambda v: v is None or v > 0)
     calibration_size: int = positive()
     calibration_percentile: Optional[float] = expect("null (min-max ranges) or a percentile in (50, 100]",
                                                      lambda v: v is None or 50 < v <= 100)

@@ -161,6 +161,9 @@ def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
     assert classifier.class_bias.tolist() == pytest.approx(checkpoint["class_bias"])
     assert set(card["public_test"]["variants"]) == {"plain", "plain_flip", "adjusted", "adjusted_flip"}
     assert card["onnx"]["precision"] in ("fp32", "int8") and (assets / "emotion_classifier.onnx").is_file()
+    speed = card["onnx"]["faces_per_second"]
+    assert speed["batch"] == 28 and speed["fp32"] > 0 and speed["int8"] > 0 and card["onnx"]["reason"]
+    assert (assets / "emotion_classifier.int8.onnx").is_file() == (card["onnx"]["precision"] == "int8")
     assert "adjusted_flip" in result.stdout
     assert "model.net.stages=[[8],[16]]" in card["training"]["command"]
     assert card["training"]["commit"] == "abc1234" and card["public_test"]["n"] == 28
@@ -260,3 +263,17 @@ def test_the_ship_record_names_a_checkpoint_outside_a_run_or_a_stage_its_pipelin
     # the stage's folders as the pipeline's `data` gives them, not as interpolations of a key the record lacks
     assert record["config"] == {"seed": 3, "data": {"balance": "gan", "root": "${paths.fer2013}"}, "model": {"x": 1}, "trainer": {}}
     assert record["wall_minutes"] == 1.0
+
+
+def test_int8_ships_only_where_it_keeps_accuracy_and_runs_faster():
+    from fer.training.ship import choose_precision
+
+    reference = {"accuracy": 0.70, "macro_f1": 0.67}
+    close = {"fp32": reference, "int8": {"accuracy": 0.699, "macro_f1": 0.668}}
+    lossy = {"fp32": reference, "int8": {"accuracy": 0.690, "macro_f1": 0.668}}
+    assert choose_precision(close, reference, 0.003, {"fp32": 1000, "int8": 1500}, 1.0)[0] == "int8"
+    precision, reason = choose_precision(close, reference, 0.003, {"fp32": 1000, "int8": 800}, 1.0)
+    assert precision == "fp32" and "0.80x" in reason
+    precision, reason = choose_precision(lossy, reference, 0.003, {"fp32": 1000, "int8": 3000}, 1.0)
+    assert precision == "fp32" and "accuracy" in reason and "macro_f1" not in reason
+    assert choose_precision(close, reference, 0.003, None, None)[0] == "int8"  # untimed: accuracy alone decides
