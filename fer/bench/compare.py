@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fer import EMOTIONS, ConfigError, FERError
-from fer.bench.predict import rate
+from fer.models.deploy import rate
 from fer.data.fer2013 import aligned_split, load_split
 from fer.models.deploy import SHIPPED_MODEL, load_runtime
 from fer.training.evaluate import score

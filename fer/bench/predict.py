@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,22 +18,8 @@ from omegaconf import DictConfig
 from fer.app.predict import predict
 from fer.app.recognizer import Recognizer
 from fer.data.fer2013 import load_split
-from fer.models.deploy import load_face_classifier, load_runtime, onnx_session
+from fer.models.deploy import load_face_classifier, load_runtime, onnx_session, rate
 from fer.training.export import export_onnx, quantize_int8, real_faces
-
-
-def rate(run: Callable[[], object], items: int, seconds: float, windows: int = 3) -> float:
-    """Items per second of `run`: the median of `windows` timing windows of about `seconds` each,
-    after one warm-up call (a shared virtual CPU varies from one second to the next)."""
-    run()
-    rates = []
-    for _ in range(windows):
-        start, calls = time.perf_counter(), 0
-        while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
-            run()
-            calls += 1
-        rates.append(items * calls / elapsed)
-    return statistics.median(rates)
 
 
 def face_photo(face: np.ndarray, width: int, height: int, shift: float = 0.0) -> np.ndarray:

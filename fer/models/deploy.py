@@ -17,7 +17,9 @@ fp32 one, with ONNX Runtime when the `onnx` extra is installed, and the PyTorch 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,17 @@ def load_runtime(checkpoint: str | Path | None = None, tta: str = "default", adj
             reason = f"ONNX Runtime cannot run {onnx_path.name} ({str(error).strip().splitlines()[0][:200]})"
     log.info("classifier runs on PyTorch: %s", reason)
     return FaceClassifierRuntime(classifier, ckpt, device=device, batch_size=batch_size)
+
+
+def rate(run: Callable[[], object], items: int, seconds: float, windows: int = 3) -> float:
+    """Items per second of `run`: the median of `windows` timing windows of about `seconds` each,
+    after one warm-up call (a shared virtual CPU varies from one second to the next)."""
+    run()
+    rates = []
+    for _ in range(windows):
+        start, calls = time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - start) < seconds or calls < 3:
+            run()
+            calls += 1
+        rates.append(items * calls / elapsed)
+    return statistics.median(rates)

@@ -28,7 +28,7 @@ from fer import ASSETS, EMOTIONS, FERError
 from fer.checkpoints import file_sha256
 from fer.data.datamodule import FERDataModule, preprocessing_of
 from fer.data.fer2013 import load_split, save_atomic, write_text_atomic
-from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session, prior_correction
+from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session, prior_correction, rate
 from fer.training.evaluate import score
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,6 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
     """Beside `model_path`: its fp32 ONNX graph (.onnx) and, where `choose_precision` picks it, the int8
     one (.int8.onnx), which prediction then runs. The graphs say they were made from the checkpoint
     at `model_path`, to be installed as `source`. Returns their card entry with both precisions' figures."""
-    from fer.bench.predict import rate
     from fer.training.export import export_onnx, graph_metadata, quantize_int8, real_faces
 
     faces = public_test_faces.numpy()
