@@ -20,9 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fer import EMOTIONS, ConfigError, FERError
-from fer.models.deploy import rate
 from fer.data.fer2013 import aligned_split, load_split
-from fer.models.deploy import SHIPPED_MODEL, load_runtime
+from fer.models.deploy import SHIPPED_MODEL, load_runtime, rate
 from fer.training.evaluate import score
 
 FER_PACKAGE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -195,7 +195,7 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
         int8.unlink()
     return {"files": [path.name for path in graphs.values() if path.exists()], "precision": precision, "reason": reason,
             "size_bytes": {path.name: path.stat().st_size for path in graphs.values() if path.exists()},
-            "tta": classifier.tta, "public_test": figures, "faces_per_second": speed and {"batch": len(batch), **speed}}
+            "tta": classifier.tta, "public_test": figures, "faces_per_second": None if speed is None else {"batch": len(batch), **speed}}
 
 
 SPEED_BATCH = 256  # the batch at which the ship stage times each graph: bench_predict's throughput batch
