@@ -312,7 +312,9 @@ class ShipOnnx:
     calibration_size: int = positive()
     calibration_percentile: Optional[float] = expect("null (min-max ranges) or a percentile in (50, 100]",
                                                      lambda v: v is None or 50 < v <= 100)
-    float_leading_convs: int = non_negative()
+    float_leading_convs: list[int] = shape("a non-empty list of counts >= 0 of leading convolutions kept in float, e.g. [2,1,0]",
+                                           lambda v: isinstance(v, list) and len(v) > 0
+                                           and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v))
     float_last_dense: bool = MISSING
 
 

@@ -161,10 +161,15 @@ def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
     assert classifier.class_bias.tolist() == pytest.approx(checkpoint["class_bias"])
     assert set(card["public_test"]["variants"]) == {"plain", "plain_flip", "adjusted", "adjusted_flip"}
     assert card["onnx"]["precision"] in ("fp32", "int8") and (assets / "emotion_classifier.onnx").is_file()
-    speed = card["onnx"]["faces_per_second"]
-    assert speed["batch"] == 28 and speed["fp32"] > 0 and speed["int8"] > 0 and card["onnx"]["reason"]
+    candidates = card["onnx"]["int8_candidates"]
+    assert set(candidates) == {f"{n} leading convs in float" for n in (2, 1, 0)} and card["onnx"]["speed_batch"] == 28
+    assert all(f["faces_per_second"] > 0 for f in [card["onnx"]["public_test"]["fp32"], *candidates.values()])
+    if card["onnx"]["precision"] == "int8":
+        chosen = f"{card['onnx']['float_leading_convs']} leading convs in float"
+        assert card["onnx"]["public_test"]["int8"] == candidates[chosen] and card["onnx"]["reason"]
+    assert sorted(p.name for p in assets.glob("*.onnx")) == sorted(card["onnx"]["files"])  # the other candidates removed
     assert (assets / "emotion_classifier.int8.onnx").is_file() == (card["onnx"]["precision"] == "int8")
-    assert "adjusted_flip" in result.stdout
+    assert "adjusted_flip" in result.stdout and "int8 candidate, 1 leading convs in float: accuracy=" in result.stdout
     assert "model.net.stages=[[8],[16]]" in card["training"]["command"]
     assert card["training"]["commit"] == "abc1234" and card["public_test"]["n"] == 28
     assert "optimizer_states" not in checkpoint
@@ -265,15 +270,20 @@ def test_the_ship_record_names_a_checkpoint_outside_a_run_or_a_stage_its_pipelin
     assert record["wall_minutes"] == 1.0
 
 
-def test_int8_ships_only_where_it_keeps_accuracy_and_runs_faster():
+def test_the_fastest_int8_graph_that_keeps_accuracy_ships():
     from fer.training.ship import choose_precision
 
     reference = {"accuracy": 0.70, "macro_f1": 0.67}
-    close = {"fp32": reference, "int8": {"accuracy": 0.699, "macro_f1": 0.668}}
-    lossy = {"fp32": reference, "int8": {"accuracy": 0.690, "macro_f1": 0.668}}
-    assert choose_precision(close, reference, 0.003, {"fp32": 1000, "int8": 1500}, 1.0)[0] == "int8"
-    precision, reason = choose_precision(close, reference, 0.003, {"fp32": 1000, "int8": 800}, 1.0)
-    assert precision == "fp32" and "0.80x" in reason
-    precision, reason = choose_precision(lossy, reference, 0.003, {"fp32": 1000, "int8": 3000}, 1.0)
-    assert precision == "fp32" and "accuracy" in reason and "macro_f1" not in reason
-    assert choose_precision(close, reference, 0.003, None, None)[0] == "int8"  # untimed: accuracy alone decides
+    fp32 = {**reference, "faces_per_second": 1000}
+    close_slow = {"accuracy": 0.700, "macro_f1": 0.669, "faces_per_second": 1200}
+    close_fast = {"accuracy": 0.699, "macro_f1": 0.668, "faces_per_second": 1500}
+    lossy_fastest = {"accuracy": 0.690, "macro_f1": 0.668, "faces_per_second": 3000}
+    figures = {"fp32": fp32, 2: close_slow, 1: close_fast, 0: lossy_fastest}
+    assert choose_precision(figures, reference, 0.003, 1.0) == (1, "int8 keeps accuracy within 0.003 and runs 1.50x the fp32 graph's faces/s")
+    assert choose_precision(figures, reference, 0.003, None)[0] == 2  # untimed: the most accurate that keeps accuracy
+    choice, reason = choose_precision(figures, reference, 0.003, 1.6)
+    assert choice == "fp32" and "1.50x" in reason
+    choice, reason = choose_precision({"fp32": fp32, 0: lossy_fastest}, reference, 0.003, 1.0)
+    assert choice == "fp32" and "0: accuracy)" in reason and "macro_f1" not in reason
+
+
