@@ -162,6 +162,7 @@ class Distill:
     teachers: list[str] = MISSING
     weight: float = fraction()
     temperature: float = positive()
+    flip: bool = MISSING
 
 
 @dataclass

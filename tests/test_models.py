@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fer.models.classifier import EmotionClassifier
+from fer.models.classifier import EmotionClassifier, load_classifier
 
 from conftest import compose_config
 
@@ -50,7 +50,6 @@ def test_class_weights_weigh_the_loss():
 
 
 def test_compiling_keeps_the_checkpoint_names(tmp_path):
-    from fer.models.classifier import load_classifier
 
     cfg = compose_config("train", tmp_path, ["model.compile=true"])
     classifier = instantiate(cfg.model, _recursive_=False)
@@ -110,6 +109,30 @@ def test_distillation_pulls_the_student_toward_its_teachers_and_stays_out_of_its
     assert len(student.teachers) == 2 and gap() < 0.3 * before  # weight 1: the labels play no part, the teachers do
     assert not [k for k in student.state_dict() if "teacher" in k]  # the teachers are not saved with the student
     assert all(not p.requires_grad for t in student.teachers for p in t.parameters())
+
+
+def test_a_flip_teacher_gives_the_mean_of_its_two_views(tmp_path):
+    torch.manual_seed(0)
+    teacher = small_classifier().eval()
+    with torch.no_grad():
+        teacher.last_layer().weight.mul_(30)  # a confident teacher, whose two views disagree
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, tmp_path / "t.ckpt")
+    images = torch.rand(16, 1, 40, 40) * torch.linspace(0, 1, 40)  # dark on the left: the mirror is another face
+    logits = torch.randn(16, 7)
+
+    def loss(flip: bool) -> float:
+        student = small_classifier(distill={"teachers": [str(tmp_path / "t.ckpt")], "weight": 1.0, "temperature": 2.0, "flip": flip})
+        student.teachers = [load_classifier(tmp_path / "t.ckpt")[0]]
+        return float(student.distillation_loss(logits, images))
+
+    with torch.no_grad():
+        both_views = (teacher(images).div(2.0).softmax(1) + teacher(images.flip(-1)).div(2.0).softmax(1)) / 2
+        one_view = teacher(images).div(2.0).softmax(1)
+    expected = [float(torch.nn.functional.kl_div(logits.div(2.0).log_softmax(1), target, reduction="batchmean") * 4)
+                for target in (both_views, one_view)]
+    assert loss(flip=True) == pytest.approx(expected[0], rel=1e-5)
+    assert loss(flip=False) == pytest.approx(expected[1], rel=1e-5)
+    assert abs(expected[0] - expected[1]) > 1e-3 * expected[1]  # the mirrored view changes the target (100x the tolerance)
 
 
 def overlapping_faces(counts: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,8 @@ class EmotionClassifier(L.LightningModule):
     weight x T^2 x KL(teachers' mean softened probabilities || the student's) to the loss, on the same
     augmented batch; the teachers' soft targets carry FER-2013's label ambiguity. They are loaded when
     training starts, frozen, and never part of the student's checkpoint; their forward passes count in
-    the run's FLOP.
+    the run's FLOP. With `flip: true` each teacher also reads every face mirrored and gives the mean of
+    both views (flip test-time augmentation: a stronger teacher for two of its forward passes).
 
     `init_from` (a classifier checkpoint of the same net) starts training from its weights instead of
     random ones. With `retrain_last_layer` the net is frozen, BatchNorm statistics included, and only
@@ -154,8 +155,9 @@ class EmotionClassifier(L.LightningModule):
     def distillation_loss(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """T^2 x KL(the teachers' mean softened probabilities || the student's softened probabilities)."""
         temperature = self.hparams.distill.get("temperature", 1.0)
+        views = [images, images.flip(-1)] if self.hparams.distill.get("flip", False) else [images]
         with torch.no_grad():
-            target = torch.stack([t(images).div(temperature).softmax(dim=1) for t in self.teachers]).mean(dim=0)
+            target = torch.stack([t(view).div(temperature).softmax(dim=1) for t in self.teachers for view in views]).mean(dim=0)
         return F.kl_div(logits.div(temperature).log_softmax(dim=1), target, reduction="batchmean") * temperature**2
 
     def training_step(self, batch, batch_idx):
