@@ -233,7 +233,7 @@ def comparable(cfg, drop=("root", "cache_dir", "balance")) -> dict:
     return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in drop}
 
 
-@pytest.mark.parametrize("recipe", ["fast10", "fast30", "fast120"])
+@pytest.mark.parametrize("recipe", ["fast10", "fast30", "fast120", "fast_student"])
 def test_a_train_recipe_composes_unchanged_under_the_pipelines_classifier(recipe, tmp_path):
     train = compose_config("train", tmp_path / "train", [f"experiment={recipe}"])
     pipeline = compose_config("pipeline", tmp_path / "pipeline", [f"+experiment@classifier={recipe}"])
@@ -254,6 +254,17 @@ def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_t
     assert sweep.hydra.sweeper.params.seed == "1,2,3" and list(sweep.evaluate.splits) == ["val"]
     assert (sweep.generate.target_share, sweep.generate.target_of, sweep.generate.filter_min_conf) == (0.5, "median", 0.6)
     assert sweep.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
+
+
+def test_the_pipeline_config_of_the_fast_student_is_trains_recipe_for_the_same_steps(tmp_path):
+    train = compose_config("train", tmp_path / "train", ["experiment=fast_student"])
+    ship = compose_config("pipeline", tmp_path / "pipeline", ["experiment=ship_student"])
+    assert comparable(ship.classifier.model) == comparable(train.model)
+    assert ship.classifier.model.distill.flip is True and ship.classifier.model.distill.teachers[0].endswith("fer/assets/teacher/emotion_classifier.ckpt")
+    trainer = comparable(ship.classifier.trainer)
+    assert trainer.pop("limit_train_batches") == 225 and trainer.pop("enable_progress_bar") is False
+    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"} and trainer["max_epochs"] == 90
+    assert ship.classifier.data.balance == "none" and list(ship.evaluate.splits) == ["val"]
 
 
 def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budget(fer_folders, tmp_path):
