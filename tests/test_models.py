@@ -50,7 +50,6 @@ def test_class_weights_weigh_the_loss():
 
 
 def test_compiling_keeps_the_checkpoint_names(tmp_path):
-
     cfg = compose_config("train", tmp_path, ["model.compile=true"])
     classifier = instantiate(cfg.model, _recursive_=False)
     names = list(classifier.state_dict())
