@@ -311,8 +311,10 @@ class ShipOnnx:
     max_int8_accuracy_drop: float = fraction()
     min_int8_speedup: Optional[float] = expect("null or a positive number", lambda v: v is None or v > 0)
     calibration_size: int = positive()
-    calibration_percentile: Optional[float] = expect("null (min-max ranges) or a percentile in (50, 100]",
-                                                     lambda v: v is None or 50 < v <= 100)
+    calibration_percentiles: list[Optional[float]] = shape(
+        "a non-empty list of percentiles in (50, 100] or null (min-max ranges), e.g. [99.99,99.9]",
+        lambda v: isinstance(v, list) and len(v) > 0
+        and all(p is None or (isinstance(p, (int, float)) and not isinstance(p, bool) and 50 < p <= 100) for p in v))
     float_leading_convs: list[int] = shape("a non-empty list of counts >= 0 of leading convolutions kept in float, e.g. [2,1,0]",
                                            lambda v: isinstance(v, list) and len(v) > 0
                                            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v))

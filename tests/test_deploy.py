@@ -162,14 +162,19 @@ def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
     assert set(card["public_test"]["variants"]) == {"plain", "plain_flip", "adjusted", "adjusted_flip"}
     assert card["onnx"]["precision"] in ("fp32", "int8") and (assets / "emotion_classifier.onnx").is_file()
     candidates = card["onnx"]["int8_candidates"]
-    assert set(candidates) == {f"{n} leading convs in float" for n in (2, 1, 0)} and card["onnx"]["speed_batch"] == 28
+    assert set(candidates) == {f"{n} leading convs in float, percentile {p}" for n in (2, 1, 0) for p in ("99.99", "99.9")}
+    assert card["onnx"]["speed_batch"] == 28
     assert all(f["faces_per_second"] > 0 for f in [card["onnx"]["public_test"]["fp32"], *candidates.values()])
     if card["onnx"]["precision"] == "int8":
-        chosen = f"{card['onnx']['float_leading_convs']} leading convs in float"
+        chosen = f"{card['onnx']['float_leading_convs']} leading convs in float, percentile {card['onnx']['calibration_percentile']:g}"
         assert card["onnx"]["public_test"]["int8"] == candidates[chosen] and card["onnx"]["reason"]
+        from fer.training.export import read_metadata
+
+        calibration = read_metadata(assets / "emotion_classifier.int8.onnx")["int8_calibration"]
+        assert calibration == f"percentile {card['onnx']['calibration_percentile']}"
     assert sorted(p.name for p in assets.glob("*.onnx")) == sorted(card["onnx"]["files"])  # the other candidates removed
     assert (assets / "emotion_classifier.int8.onnx").is_file() == (card["onnx"]["precision"] == "int8")
-    assert "adjusted_flip" in result.stdout and "int8 candidate, 1 leading convs in float: accuracy=" in result.stdout
+    assert "adjusted_flip" in result.stdout and "int8 candidate, 1 leading convs in float, percentile 99.9: accuracy=" in result.stdout
     assert "model.net.stages=[[8],[16]]" in card["training"]["command"]
     assert card["training"]["commit"] == "abc1234" and card["public_test"]["n"] == 28
     assert "optimizer_states" not in checkpoint

@@ -280,6 +280,7 @@ def test_a_bad_config_value_is_one_line_and_exit_code_2(fer_folders, tmp_path, s
     ("train_gan", "model.lr=-1", "model.lr=-1: expected a positive number"),
     ("ship_model", "adjustment.max_accuracy_drop=2", "adjustment.max_accuracy_drop=2: expected a number in [0, 1]"),
     ("ship_model", "onnx.float_leading_convs=[1,-1]", "onnx.float_leading_convs=[1, -1]: expected a non-empty list of counts >= 0"),
+    ("ship_model", "onnx.calibration_percentiles=[99.9,40]", "onnx.calibration_percentiles=[99.9, 40]: expected a non-empty list of percentiles"),
     ("bench_predict", "batch_size=0", "batch_size=0: expected a positive number"),
     ("generate", "generate.batch_size=x", "generate.batch_size='x': expected an integer"),
     ("train", "model.net.stages=[16,32]", "model.net.stages=[16, 32]: expected a list of stages"),

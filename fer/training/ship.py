@@ -173,7 +173,8 @@ def training_prior(cfg: DictConfig) -> torch.Tensor:
 def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: DictConfig, preprocessing: dict,
                public_test_faces: torch.Tensor, labels: torch.Tensor, reference: dict) -> dict:
     """Beside `model_path`: its fp32 ONNX graph (.onnx) and, where `choose_precision` picks one of the
-    int8 candidates (one per count in `onnx.float_leading_convs`), that int8 graph (.int8.onnx), which
+    int8 candidates (one per count in `onnx.float_leading_convs` and calibration percentile in
+    `onnx.calibration_percentiles`), that int8 graph (.int8.onnx), which
     prediction then runs. The graphs say they were made from the checkpoint at `model_path`, to be
     installed as `source`. Returns their card entry with every graph's figures."""
     from fer.training.export import export_onnx, graph_metadata, quantize_int8, real_faces
@@ -181,10 +182,12 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
     faces = public_test_faces.numpy()
     fp32 = export_onnx(classifier, model_path.with_suffix(".onnx"), graph_metadata(classifier, model_path, source))
     calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
+    candidates = [(leading, percentile) for leading in dict.fromkeys(cfg.onnx.float_leading_convs)
+                  for percentile in dict.fromkeys(cfg.onnx.calibration_percentiles)]
     graphs = {"fp32": fp32} | {
-        leading: quantize_int8(fp32, model_path.with_suffix(f".int8-{leading}.onnx"), calibration,
-                               cfg.onnx.calibration_percentile, leading, cfg.onnx.float_last_dense)
-        for leading in dict.fromkeys(cfg.onnx.float_leading_convs)}
+        (leading, percentile): quantize_int8(fp32, model_path.with_suffix(f".int8-{i}.onnx"), calibration,
+                                             percentile, leading, cfg.onnx.float_last_dense)
+        for i, (leading, percentile) in enumerate(candidates)}
     batch = faces[:SPEED_BATCH]
     figures = {}
     for name, path in graphs.items():
@@ -193,7 +196,7 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
         if cfg.onnx.min_int8_speedup is not None:
             figures[name]["faces_per_second"] = round(rate(lambda: session.run(None, {"faces": batch}), len(batch), seconds=1.0))
     chosen, reason = choose_precision(figures, reference, cfg.onnx.max_int8_accuracy_drop, cfg.onnx.min_int8_speedup)
-    log.info("ONNX graph: %s (%s)", "fp32" if chosen == "fp32" else f"int8, {chosen} leading convolutions in float", reason)
+    log.info("ONNX graph: %s (%s)", "fp32" if chosen == "fp32" else f"int8, {candidate_name(*chosen)}", reason)
     int8 = model_path.with_suffix(".int8.onnx")
     int8.unlink(missing_ok=True)
     for name, path in graphs.items():
@@ -203,11 +206,18 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
             path.unlink()
     files = [path for path in (fp32, int8) if path.exists()]
     return {"files": [path.name for path in files], "precision": "fp32" if chosen == "fp32" else "int8",
-            "float_leading_convs": None if chosen == "fp32" else chosen, "reason": reason,
+            "float_leading_convs": None if chosen == "fp32" else chosen[0],
+            "calibration_percentile": None if chosen == "fp32" else chosen[1], "reason": reason,
             "size_bytes": {path.name: path.stat().st_size for path in files}, "tta": classifier.tta,
             "speed_batch": None if cfg.onnx.min_int8_speedup is None else len(batch),
             "public_test": {"fp32": figures.pop("fp32"), **({"int8": figures[chosen]} if chosen != "fp32" else {})},
-            "int8_candidates": {f"{leading} leading convs in float": f for leading, f in figures.items()}}
+            "int8_candidates": {candidate_name(*candidate): f for candidate, f in figures.items()}}
+
+
+def candidate_name(float_leading_convs: int, percentile: float | None) -> str:
+    """How the card and the log name an int8 candidate, e.g. "1 leading convs in float, percentile 99.9"."""
+    ranges = "min-max ranges" if percentile is None else f"percentile {percentile:g}"
+    return f"{float_leading_convs} leading convs in float, {ranges}"
 
 
 SPEED_BATCH = 256  # the batch at which the ship stage times each graph: bench_predict's throughput batch
