@@ -182,12 +182,13 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
     faces = public_test_faces.numpy()
     fp32 = export_onnx(classifier, model_path.with_suffix(".onnx"), graph_metadata(classifier, model_path, source))
     calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
-    candidates = [(leading, percentile) for leading in dict.fromkeys(cfg.onnx.float_leading_convs)
-                  for percentile in dict.fromkeys(cfg.onnx.calibration_percentiles)]
+    candidates = {candidate_name(leading, percentile): (leading, percentile)
+                  for leading in dict.fromkeys(cfg.onnx.float_leading_convs)
+                  for percentile in dict.fromkeys(cfg.onnx.calibration_percentiles)}
     graphs = {"fp32": fp32} | {
-        (leading, percentile): quantize_int8(fp32, model_path.with_suffix(f".int8-{i}.onnx"), calibration,
-                                             percentile, leading, cfg.onnx.float_last_dense)
-        for i, (leading, percentile) in enumerate(candidates)}
+        name: quantize_int8(fp32, model_path.with_suffix(f".int8-{i}.onnx"), calibration, percentile, leading,
+                            cfg.onnx.float_last_dense)
+        for i, (name, (leading, percentile)) in enumerate(candidates.items())}
     batch = faces[:SPEED_BATCH]
     figures = {}
     for name, path in graphs.items():
@@ -196,7 +197,7 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
         if cfg.onnx.min_int8_speedup is not None:
             figures[name]["faces_per_second"] = round(rate(lambda: session.run(None, {"faces": batch}), len(batch), seconds=1.0))
     chosen, reason = choose_precision(figures, reference, cfg.onnx.max_int8_accuracy_drop, cfg.onnx.min_int8_speedup)
-    log.info("ONNX graph: %s (%s)", "fp32" if chosen == "fp32" else f"int8, {candidate_name(*chosen)}", reason)
+    log.info("ONNX graph: %s (%s)", "fp32" if chosen == "fp32" else f"int8, {chosen}", reason)
     int8 = model_path.with_suffix(".int8.onnx")
     int8.unlink(missing_ok=True)
     for name, path in graphs.items():
@@ -206,12 +207,12 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
             path.unlink()
     files = [path for path in (fp32, int8) if path.exists()]
     return {"files": [path.name for path in files], "precision": "fp32" if chosen == "fp32" else "int8",
-            "float_leading_convs": None if chosen == "fp32" else chosen[0],
-            "calibration_percentile": None if chosen == "fp32" else chosen[1], "reason": reason,
+            "float_leading_convs": candidates.get(chosen, (None, None))[0],
+            "calibration_percentile": candidates.get(chosen, (None, None))[1], "reason": reason,
             "size_bytes": {path.name: path.stat().st_size for path in files}, "tta": classifier.tta,
             "speed_batch": None if cfg.onnx.min_int8_speedup is None else len(batch),
             "public_test": {"fp32": figures.pop("fp32"), **({"int8": figures[chosen]} if chosen != "fp32" else {})},
-            "int8_candidates": {candidate_name(*candidate): f for candidate, f in figures.items()}}
+            "int8_candidates": figures}
 
 
 def candidate_name(float_leading_convs: int, percentile: float | None) -> str:
