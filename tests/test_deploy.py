@@ -171,7 +171,7 @@ def test_ship_stores_the_biases_and_a_graph_made_from_the_checkpoint(shipped):
         from fer.training.export import read_metadata
 
         calibration = read_metadata(assets / "emotion_classifier.int8.onnx")["int8_calibration"]
-        assert calibration == f"percentile {card['onnx']['calibration_percentile']}"
+        assert calibration == f"percentile {card['onnx']['calibration_percentile']:g}"
     assert sorted(p.name for p in assets.glob("*.onnx")) == sorted(card["onnx"]["files"])  # the other candidates removed
     assert (assets / "emotion_classifier.int8.onnx").is_file() == (card["onnx"]["precision"] == "int8")
     assert "adjusted_flip" in result.stdout and "int8 candidate, 1 leading convs in float, percentile 99.9: accuracy=" in result.stdout

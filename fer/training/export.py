@@ -97,7 +97,7 @@ def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray, pe
                                  op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=in_float, **calibration)
     prepared.unlink()
     return write_metadata(path, {**read_metadata(fp32_path), "precision": "int8",
-                                 "int8_float_layers": json.dumps(in_float), "int8_calibration": f"percentile {percentile}" if percentile else "min-max"})
+                                 "int8_float_layers": json.dumps(in_float), "int8_calibration": f"percentile {percentile:g}" if percentile else "min-max"})
 
 
 def compare(path: Path, classifier: FaceClassifier, faces: np.ndarray) -> dict:

@@ -206,9 +206,9 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
         elif name != "fp32":
             path.unlink()
     files = [path for path in (fp32, int8) if path.exists()]
+    leading, percentile = candidates.get(chosen, (None, None))
     return {"files": [path.name for path in files], "precision": "fp32" if chosen == "fp32" else "int8",
-            "float_leading_convs": candidates.get(chosen, (None, None))[0],
-            "calibration_percentile": candidates.get(chosen, (None, None))[1], "reason": reason,
+            "float_leading_convs": leading, "calibration_percentile": percentile, "reason": reason,
             "size_bytes": {path.name: path.stat().st_size for path in files}, "tta": classifier.tta,
             "speed_batch": None if cfg.onnx.min_int8_speedup is None else len(batch),
             "public_test": {"fp32": figures.pop("fp32"), **({"int8": figures[chosen]} if chosen != "fp32" else {})},
