@@ -70,9 +70,12 @@ def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray, pe
     (ranges that ignore rare outliers keep more resolution for the rest). Weights use 7 bits
     (`reduce_range`): on AVX2 CPUs without VNNI, ONNX Runtime's u8 x s8 products saturate with 8-bit
     weights (top-1 agreement with PyTorch fell to 90 % on PublicTest faces; 99.8 % with 7 bits).
-    Only the convolutions and dense layers are quantised, less the first `float_leading_convs`
-    convolutions and (`float_last_dense`) the last dense layer, where 8 bits lose most: the softmax,
-    logit adjustment and temperature stay in float, so probabilities keep their resolution and sum to 1."""
+    The convolutions and dense layers are quantised, less the first `float_leading_convs`
+    convolutions and (`float_last_dense`) the last dense layer, where 8 bits lose most, and so are the
+    ReLUs and max-pools between them: a ReLU folds into its conv's uint8 range (which starts at 0) and
+    a max-pool runs on uint8, so no layer boundary pays a dequantise-quantise round trip (1.4x the
+    faces/s of quantising the layers alone, net C student, 7 Dec). The softmax, logit adjustment and
+    temperature stay in float, so probabilities keep their resolution and sum to 1."""
     onnx, _, quantization = _onnx()
 
     class Faces(quantization.CalibrationDataReader):
@@ -94,7 +97,7 @@ def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray, pe
     quantization.quantize_static(str(prepared), str(path), Faces(), quant_format=quantization.QuantFormat.QDQ,
                                  activation_type=quantization.QuantType.QUInt8,
                                  weight_type=quantization.QuantType.QInt8, per_channel=True, reduce_range=True,
-                                 op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=in_float, **calibration)
+                                 op_types_to_quantize=["Conv", "Gemm", "MatMul", "Relu", "MaxPool"], nodes_to_exclude=in_float, **calibration)
     prepared.unlink()
     return write_metadata(path, {**read_metadata(fp32_path), "precision": "int8",
                                  "int8_float_layers": json.dumps(in_float), "int8_calibration": f"percentile {percentile:g}" if percentile else "min-max"})
