@@ -256,14 +256,14 @@ def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_t
     assert sweep.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
 
 
-def test_the_pipeline_config_of_the_fast_student_is_trains_recipe_for_the_same_steps(tmp_path):
-    train = compose_config("train", tmp_path / "train", ["experiment=fast_student"])
+def test_the_pipeline_config_of_the_shipped_student_is_trains_recipe_for_the_same_steps(tmp_path):
+    train = compose_config("train", tmp_path / "train", ["experiment=distilled_c"])
     ship = compose_config("pipeline", tmp_path / "pipeline", ["experiment=ship_student"])
     assert comparable(ship.classifier.model) == comparable(train.model)
-    assert ship.classifier.model.distill.flip is True and ship.classifier.model.distill.teachers[0].endswith("fer/assets/teacher/emotion_classifier.ckpt")
+    assert not ship.classifier.model.distill.get("flip", False) and ship.classifier.model.distill.teachers[0].endswith("fer/assets/teacher/emotion_classifier.ckpt")
     trainer = comparable(ship.classifier.trainer)
     assert trainer.pop("limit_train_batches") == 225 and trainer.pop("enable_progress_bar") is False
-    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"} and trainer["max_epochs"] == 90
+    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"} and trainer["max_epochs"] == 70
     assert ship.classifier.data.balance == "none" and list(ship.evaluate.splits) == ["val"]
 
 
