@@ -120,7 +120,7 @@ def test_shipped_model_is_small_calibrated_and_described():
     card = json.loads((SHIPPED_MODEL.parent / "model_card.json").read_text())
     assert float(classifier.temperature) == pytest.approx(card["calibration"]["temperature"])
     assert card["classes"] == list(EMOTIONS)
-    assert card["training"]["command"].startswith("python scripts/pipeline.py experiment=ship_fast120")  # made by the pipeline
+    assert card["training"]["command"].startswith("python scripts/pipeline.py experiment=ship_student")  # made by the pipeline
     assert {"accuracy", "macro_f1", "recall"} <= card["public_test"].keys()
     probs = classifier(torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8))
     assert probs.shape == (5, 7) and torch.allclose(probs.sum(1), torch.ones(5))
