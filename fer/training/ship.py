@@ -217,8 +217,9 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
 
 def candidate_name(float_leading_convs: int, percentile: float | None) -> str:
     """How the card and the log name an int8 candidate, e.g. "1 leading convs in float, percentile 99.9"."""
-    ranges = "min-max ranges" if percentile is None else f"percentile {percentile:g}"
-    return f"{float_leading_convs} leading convs in float, {ranges}"
+    from fer.training.export import calibration_name
+
+    return f"{float_leading_convs} leading convs in float, {calibration_name(percentile)}"
 
 
 SPEED_BATCH = 256  # the batch at which the ship stage times each graph: bench_predict's throughput batch
