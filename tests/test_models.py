@@ -190,3 +190,18 @@ def test_retraining_the_last_layer_needs_a_trained_net_of_the_same_shape(tmp_pat
     data = DataLoader(TensorDataset(*overlapping_faces([2] * 7, seed=0)), batch_size=7)
     with pytest.raises(FERError, match=r"model.init_from=.*other.ckpt holds another net than model.net: .*size mismatch"):
         trainer.fit(small_classifier(init_from=str(tmp_path / "other.ckpt")), data)
+
+
+def test_per_face_standardisation_ignores_brightness_and_contrast():
+    net = {"_target_": "fer.models.nets.ConvNet", "stages": [[4], [8]], "dense": 8}
+    opt = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    faces = torch.rand(3, 1, 40, 40) * 0.5 + 0.25
+    relit = (faces - 0.5) * 0.6 + 0.55  # lower contrast, brighter: the same faces
+    per_face = EmotionClassifier(net=net, optimizer=opt, standardize_per_face=True).eval()
+    assert torch.allclose(per_face(relit), per_face(faces), atol=1e-4)
+    seen = per_face.standardize(faces)
+    assert torch.allclose(seen.mean(dim=(-2, -1)), torch.zeros(3, 1), atol=1e-5)
+    assert torch.allclose(seen.std(dim=(-2, -1)), torch.ones(3, 1), atol=1e-4)
+    assert torch.isfinite(per_face(torch.full((1, 1, 40, 40), 0.3))).all()  # a blank face
+    by_dataset = EmotionClassifier(net=net, optimizer=opt).eval()
+    assert not torch.allclose(by_dataset.standardize(relit), by_dataset.standardize(faces), atol=1e-2)

@@ -24,6 +24,8 @@ from fer.data.augment import batch_mix, center_crop
 
 PIXEL_MEAN, PIXEL_STD = 0.5077, 0.2550
 """FER-2013 Training pixel statistics (on [0, 1] images): inputs are standardised with them."""
+PER_FACE_MIN_STD = 1 / 255
+"""A blank face (FER-2013 has a few) is divided by one grey level, not by zero."""
 
 
 def _plain(config: Any) -> Any:
@@ -72,6 +74,7 @@ class EmotionClassifier(L.LightningModule):
         distill: dict | None = None,
         init_from: str | None = None,
         retrain_last_layer: bool = False,
+        standardize_per_face: bool = False,
     ):
         super().__init__()
         net, optimizer, scheduler, class_weights, logit_adjustment, distill = (
@@ -136,8 +139,14 @@ class EmotionClassifier(L.LightningModule):
         return self
 
     def standardize(self, images: torch.Tensor) -> torch.Tensor:
-        """What the net sees of (B, 1, H, W) faces in [0, 1]: standardised, in its memory format."""
-        images = (images - PIXEL_MEAN) / PIXEL_STD
+        """What the net sees of (B, 1, H, W) faces in [0, 1]: standardised, in its memory format. Per face
+        (`standardize_per_face`), each face's own mean and standard deviation take out its brightness and
+        contrast (Tang 2013's FER-2013 winner); else Training's pixel statistics."""
+        if self.hparams.get("standardize_per_face"):
+            mean, std = images.mean(dim=(-2, -1), keepdim=True), images.std(dim=(-2, -1), keepdim=True)
+            images = (images - mean) / std.clamp_min(PER_FACE_MIN_STD)
+        else:
+            images = (images - PIXEL_MEAN) / PIXEL_STD
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
