@@ -103,10 +103,10 @@ def quantize_int8(fp32_path: Path, path: Path, calibration_faces: np.ndarray, pe
                                  "int8_float_layers": json.dumps(in_float), "int8_calibration": calibration_name(percentile)})
 
 
-
 def calibration_name(percentile: float | None) -> str:
     """How the graph's metadata and the model card name the activation ranges, e.g. "percentile 99.9"."""
     return "min-max" if percentile is None else f"percentile {percentile:g}"
+
 
 def compare(path: Path, classifier: FaceClassifier, faces: np.ndarray) -> dict:
     """How far ONNX Runtime's probabilities are from PyTorch's on `faces`."""

@@ -30,6 +30,7 @@ from fer.data.datamodule import FERDataModule, preprocessing_of
 from fer.data.fer2013 import load_split, save_atomic, write_text_atomic
 from fer.models.deploy import FaceClassifier, adjust_probabilities, load_face_classifier, onnx_session, prior_correction, rate
 from fer.training.evaluate import score
+from fer.training.export import calibration_name, export_onnx, graph_metadata, quantize_int8, real_faces
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,6 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
     `onnx.calibration_percentiles`), that int8 graph (.int8.onnx), which
     prediction then runs. The graphs say they were made from the checkpoint at `model_path`, to be
     installed as `source`. Returns their card entry with every graph's figures."""
-    from fer.training.export import export_onnx, graph_metadata, quantize_int8, real_faces
-
     faces = public_test_faces.numpy()
     fp32 = export_onnx(classifier, model_path.with_suffix(".onnx"), graph_metadata(classifier, model_path, source))
     calibration = real_faces(cfg.data.root, cfg.data.cache_dir, "train", cfg.onnx.calibration_size, preprocessing)
@@ -217,8 +216,6 @@ def write_onnx(classifier: FaceClassifier, model_path: Path, source: Path, cfg: 
 
 def candidate_name(float_leading_convs: int, percentile: float | None) -> str:
     """How the card and the log name an int8 candidate, e.g. "1 leading convs in float, percentile 99.9"."""
-    from fer.training.export import calibration_name
-
     return f"{float_leading_convs} leading convs in float, {calibration_name(percentile)}"
 
 
