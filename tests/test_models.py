@@ -205,3 +205,48 @@ def test_per_face_standardisation_ignores_brightness_and_contrast():
     assert torch.isfinite(per_face(torch.full((1, 1, 40, 40), 0.3))).all()  # a blank face
     by_dataset = EmotionClassifier(net=net, optimizer=opt).eval()
     assert not torch.allclose(by_dataset.standardize(relit), by_dataset.standardize(faces), atol=1e-2)
+
+
+def test_muon_orthogonalises_the_hidden_weights_and_adamw_steps_the_rest():
+    muon = {"_target_": "fer.models.optim.MuonAdamW", "_partial_": True, "lr": 0.01, "weight_decay": 0.0}
+    torch.manual_seed(0)
+    classifier = EmotionClassifier(net={"_target_": "fer.models.nets.ConvNet", "stages": [[8], [16, 16]], "dense": 16},
+                                   optimizer=muon)
+    optimizer = classifier.configure_optimizers()
+    hidden, rest = optimizer.param_groups
+    conv1, conv2, conv3 = (m for m in classifier.net.modules() if isinstance(m, torch.nn.Conv2d))
+    first, dense, last = (m for m in classifier.net.modules() if isinstance(m, torch.nn.Linear) or m is conv1)
+    assert hidden["hidden_matrix"] and {id(p) for p in hidden["params"]} == {id(conv2.weight), id(conv3.weight), id(dense.weight)}
+    assert {id(conv1.weight), id(last.weight)} <= {id(p) for p in rest["params"]}
+
+    classifier._loss(classifier(torch.rand(32, 1, 40, 40)), torch.arange(32) % 7).backward()
+    grad3, grad1 = conv3.weight.grad.flatten(1).clone(), conv1.weight.grad.clone()
+    before3, before1 = conv3.weight.detach().clone(), conv1.weight.detach().clone()
+    optimizer.step()
+
+    # Muon: the (16, 16*3*3) kernel moved by an orthogonalised matrix (its singular values near one, at AdamW's
+    # RMS scale 0.2 * sqrt(144)), where the gradient's own singular values spread three-fold and more
+    step = (conv3.weight.detach() - before3).flatten(1) / (-0.01 * 0.2 * 144**0.5)
+    singular, spread = torch.linalg.svdvals(step), torch.linalg.svdvals(grad3)
+    assert singular.min() > 0.5 and singular.max() < 1.5 and singular.max() < 2 * singular.min()
+    assert spread.max() > 3 * spread.min()
+    assert torch.nn.functional.cosine_similarity(step.flatten(), grad3.flatten(), dim=0) > 0.3  # still downhill
+    # AdamW: its first step moves every weight with a gradient by the learning rate, against the gradient's sign
+    moved = conv1.weight.detach() - before1
+    assert torch.allclose(moved, -0.01 * grad1.sign(), atol=1e-5)
+
+
+def test_muon_trains_a_classifier():
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L.seed_everything(0)
+    images, labels = overlapping_faces([40] * 7, seed=0)
+    classifier = EmotionClassifier(
+        net={"_target_": "fer.models.nets.ConvNet", "stages": [[8], [16]], "dense": 16, "dropout": 0.0},
+        optimizer={"_target_": "fer.models.optim.MuonAdamW", "_partial_": True, "lr": 0.01})
+    L.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(classifier, DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True))
+    with torch.no_grad():
+        accuracy = (classifier.eval()(images).argmax(1) == labels).float().mean()
+    assert accuracy > 0.6  # 7 brightness levels, neighbours overlapping: chance is 0.14

@@ -218,8 +218,20 @@ class EmotionClassifier(L.LightningModule):
         images, _ = batch
         return self.probabilities(images)
 
+    def parameter_groups(self) -> list[dict]:
+        """The trainable parameters in two groups: the hidden layers' weights (every conv and linear weight
+        but the first and the last layer's), flagged `hidden_matrix` for optimisers that treat them apart
+        (MuonAdamW: Muon there), and the rest (input and output layers, biases, BatchNorm); other
+        optimisers ignore the flag."""
+        layers = [m for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        hidden = {id(layer.weight) for layer in layers[1:-1]}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) in hidden], "hidden_matrix": True},
+                  {"params": [p for p in trainable if id(p) not in hidden], "hidden_matrix": False}]
+        return [group for group in groups if group["params"]]
+
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameter_groups())
         if not self.hparams.scheduler:
             return optimizer
         make_scheduler = instantiate(self.hparams.scheduler)
