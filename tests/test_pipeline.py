@@ -243,7 +243,8 @@ def test_a_train_recipe_composes_unchanged_under_the_pipelines_classifier(recipe
 
 
 def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_the_same_steps(tmp_path):
-    train = compose_config("train", tmp_path / "train", ["experiment=fast10"])
+    # it ran before fast10 took Muon, and keeps the AdamW that it measured
+    train = compose_config("train", tmp_path / "train", ["experiment=fast10", "model.optimizer._target_=torch.optim.AdamW"])
     sweep = compose_config("pipeline", tmp_path / "pipeline", ["experiment=imbalance_ablation"])
     assert comparable(sweep.classifier.model) == comparable(train.model)
     assert comparable(sweep.classifier.data) == comparable(train.data)
