@@ -139,10 +139,11 @@ def test_train_then_evaluate_through_the_entries(fer_folders, tmp_path):
 
 def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     steps_per_epoch = 7 * 12 // 8
-    # progressive resizing: epoch 0 at 24 px, epoch 1 at 48; the resumed run must train its epoch 1 at 48 too
+    # progressive resizing: epoch 0 at 24 px, epoch 1 at 48; the resumed run must train its epoch 1 at 48 too;
+    # Muon's momentum buffers go in the checkpoint beside AdamW's moments
     args = [*tiny_train_overrides(fer_folders), "trainer.max_epochs=2", "callbacks.best_checkpoint.save_top_k=-1",
             "+callbacks.progressive_resize._target_=fer.training.callbacks.ProgressiveResize",
-            "+callbacks.progressive_resize.schedule={0:24,1:48}"]
+            "+callbacks.progressive_resize.schedule={0:24,1:48}", "model.optimizer._target_=fer.models.optim.MuonAdamW"]
     run_script("train.py", [*args, f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
     after_first_epoch = tmp_path / "full" / "checkpoints" / "epoch_000.ckpt"  # as if killed here
 
@@ -153,6 +154,9 @@ def test_a_killed_run_resumes_from_its_checkpoint(fer_folders, tmp_path):
     assert resumed["global_step"] == full["global_step"] == 2 * steps_per_epoch
     assert not (tmp_path / "resumed" / "checkpoints" / "epoch_000.ckpt").exists()  # epoch 0 was not trained again
     assert resumed["lr_schedulers"][0]["last_epoch"] == full["lr_schedulers"][0]["last_epoch"]
+    states = [checkpoint["optimizer_states"][0]["state"].values() for checkpoint in (resumed, full)]
+    assert [sum("momentum_buffer" in state for state in run) for run in states] == [2, 2]  # the hidden conv and dense layer
+    assert [sum("exp_avg" in state for state in run) for run in states] == [8, 8]
     pflop = [json.loads((tmp_path / run / "metrics.json").read_text())["train_pflop"] for run in ("full", "resumed")]
     assert pflop[0] == pytest.approx(pflop[1]) and pflop[0] > 0  # the compute of both epochs, the first one's carried over
 

@@ -63,8 +63,9 @@ class MuonAdamW(torch.optim.AdamW):
     def _muon_step(self, param: torch.Tensor, lr: float, weight_decay: float) -> None:
         grad = param.grad.reshape(len(param), -1)
         state = self.state[param]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(grad)
+        if "momentum_buffer" not in state:  # a "step" as AdamW's states have: its load_state_dict reads one
+            state["step"], state["momentum_buffer"] = torch.tensor(0.0), torch.zeros_like(grad)
+        state["step"] += 1
         momentum = state["momentum_buffer"].lerp_(grad, 1 - self.momentum)
         update = orthogonalise(grad.lerp(momentum, self.momentum), self.ns_steps)  # Nesterov
         param.mul_(1 - lr * weight_decay)
