@@ -21,7 +21,7 @@ FLIP_COLUMNS = (("accuracy, flip TTA", "flip_accuracy"), ("macro-F1, flip TTA", 
 PAIRED = (("Δ accuracy", "accuracy"), ("Δ macro-F1", "macro_f1"))
 """The columns of differences from the baseline arm, paired by seed."""
 COST = (("training PFLOP", "pflop", 3), ("training wall (min)", "minutes", 1))
-"""The runs' cost: training compute (forward + backward FLOP of every step) and wall time."""
+"""The runs' cost: training compute (the FLOP of every step: forward, backward, optimiser) and wall time."""
 
 PRIOR_CORRECTED = " + prior correction (tau fitted on PublicTest)"
 """The post-hoc arm of a training run: its checkpoint's one view with -tau * log(Training prior) added."""

@@ -77,8 +77,9 @@ class RunETA(L.Callback):
 
 class TrainingFlops(L.Callback):
     """The run's training compute, the budget that does not vary with the machine: the FLOP of a
-    training batch (forward and backward, counted by torch's FlopCounterMode on the first batch of each
-    epoch, since progressive resizing changes it) times the epoch's batches (of every DDP process),
+    training batch (forward, backward and the optimiser's matrix products, such as Muon's orthogonalisation,
+    counted by torch's FlopCounterMode on the first batch of each epoch, since progressive resizing changes
+    it) times the epoch's batches (of every DDP process),
     summed over the epochs and logged as `train/pflop` after every epoch (and so kept in the run's
     metrics.json and in its checkpoints, so a resumed run goes on counting)."""
 
