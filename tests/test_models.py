@@ -28,6 +28,17 @@ def test_every_configured_network_trains_a_step(tmp_path, model, size):
     assert torch.allclose(probs.sum(1), torch.ones(4))
 
 
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_a_pooling_grid_keeps_where_on_the_face_a_feature_fired(pool_size):
+    from fer.models.nets import ConvNet
+    net = ConvNet(stages=[[8], [16]], dense=16, dropout=0.0, pool_size=pool_size).eval()
+    features = torch.rand(3, 16, 2, 2)
+    upside_down = features.flip(-2, -1)  # the same features, fired in the opposite corners
+    same = torch.allclose(net.head(features), net.head(upside_down), atol=1e-6)
+    assert same == (pool_size == 1)
+    assert net(torch.rand(3, 1, 40, 40)).shape == net(torch.rand(3, 1, 48, 48)).shape == (3, 7)
+
+
 def test_hyperparameters_are_plain_and_rebuild_the_model(tmp_path):
     cfg = compose_config("train", tmp_path, ["model=vgg"])
     classifier = instantiate(cfg.model, _recursive_=False, class_weights=[1.0] * 7)
