@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from fer.models.classifier import EmotionClassifier, load_classifier
+from fer.models.nets import ConvNet
 
 from conftest import compose_config
 
@@ -30,7 +31,6 @@ def test_every_configured_network_trains_a_step(tmp_path, model, size):
 
 @pytest.mark.parametrize("pool_size", [1, 2])
 def test_a_pooling_grid_keeps_where_on_the_face_a_feature_fired(pool_size):
-    from fer.models.nets import ConvNet
     net = ConvNet(stages=[[8], [16]], dense=16, dropout=0.0, pool_size=pool_size).eval()
     features = torch.rand(3, 16, 2, 2)
     upside_down = features.flip(-2, -1)  # the same features, fired in the opposite corners
