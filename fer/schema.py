@@ -154,6 +154,7 @@ class Net:
     dropout: float = expect("a probability in [0, 1)", lambda v: 0 <= v < 1)
     dense: int = positive()
     pool_size: int = positive()
+    ceil_pool: bool = MISSING
     stages: list[list[int]] = shape("a list of stages, each a non-empty list of positive channel widths, e.g. [[16,16],[32,32]]",
                                     lambda v: isinstance(v, list) and len(v) > 0 and all(_is_widths(st) and st for st in v))
 

@@ -39,6 +39,18 @@ def test_a_pooling_grid_keeps_where_on_the_face_a_feature_fired(pool_size):
     assert net(torch.rand(3, 1, 40, 40)).shape == net(torch.rand(3, 1, 48, 48)).shape == (3, 7)
 
 
+@pytest.mark.parametrize("ceil_pool", [False, True])
+def test_ceil_pool_keeps_the_last_row_of_an_odd_sized_map(ceil_pool):
+    net = ConvNet(stages=[[4], [4]], dense=4, dropout=0.0, ceil_pool=ceil_pool).eval()
+    last_pool = net.features[-1]
+    features = torch.rand(1, 4, 5, 5)  # a 40 px face's last map
+    chin_changed = features.clone()
+    chin_changed[..., -1, :] += 1.0  # only the map's last row
+    assert last_pool(features).shape[-2:] == ((3, 3) if ceil_pool else (2, 2))
+    assert bool((last_pool(features) != last_pool(chin_changed)).any()) == ceil_pool
+    assert net(torch.rand(2, 1, 40, 40)).shape == (2, 7)
+
+
 def test_hyperparameters_are_plain_and_rebuild_the_model(tmp_path):
     cfg = compose_config("train", tmp_path, ["model=vgg"])
     classifier = instantiate(cfg.model, _recursive_=False, class_weights=[1.0] * 7)

@@ -24,7 +24,9 @@ class ConvNet(nn.Module):
 
     One conv per stage is the seeds' CNN; two or three per stage is a VGG-style net. Adaptive average
     pooling to a `pool_size` x `pool_size` grid before the head makes it work for any input size; a grid
-    above 1 keeps where on the (aligned) face a feature fired: the mouth below the eyes.
+    above 1 keeps where on the (aligned) face a feature fired: the mouth below the eyes. `ceil_pool`
+    lets each max-pool keep an odd-sized map's last row and column (a 40 px face's 5x5 map pools to
+    3x3, not 2x2), which a floor pool computes and then drops.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class ConvNet(nn.Module):
         num_classes: int = 7,
         in_channels: int = 1,
         pool_size: int = 1,
+        ceil_pool: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -43,7 +46,7 @@ class ConvNet(nn.Module):
             for width in stage:
                 layers.append(conv_bn_relu(channels, width))
                 channels = width
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2, ceil_mode=ceil_pool))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(pool_size),
