@@ -270,7 +270,9 @@ def test_the_pipeline_config_of_the_shipped_student_is_trains_recipe_for_the_sam
 
 def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budget(fer_folders, tmp_path):
     cfg = compose_config("pipeline", tmp_path, ["experiment=ship_fast120"])
+    # the teacher's recipe of 4 Dec (net B, AdamW, no mixup), pinned where experiment=fast120 has moved on
     assert cfg.classifier.trainer.max_epochs == 150 and cfg.classifier.model.net.stages[-1] == [192]
+    assert cfg.classifier.model.optimizer._target_ == "torch.optim.AdamW" and cfg.classifier.model.mixup_alpha == 0
     assert cfg.classifier.trainer.limit_train_batches == 225  # the recipe's steps, synthetic faces or not
     assert cfg.classifier.data.balance == "none" and cfg.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
 
