@@ -257,15 +257,22 @@ def test_the_imbalance_ablation_trains_every_arm_with_the_10_minute_recipe_for_t
     assert sweep.gan.ckpt_path.endswith("fer/assets/gan_generator.ckpt")
 
 
-def test_the_pipeline_config_of_the_shipped_student_is_trains_recipe_for_the_same_steps(tmp_path):
-    train = compose_config("train", tmp_path / "train", ["experiment=distilled_c"])
-    ship = compose_config("pipeline", tmp_path / "pipeline", ["experiment=ship_student"])
+@pytest.mark.parametrize("pipeline_experiment, train_experiment, epochs",
+                         [("ship_student", "distilled_c", 70), ("pipeline_fast120", "fast120", 80)])
+def test_a_pipeline_config_that_makes_a_model_to_ship_is_trains_recipe_for_the_same_steps(
+        pipeline_experiment, train_experiment, epochs, tmp_path):
+    train = compose_config("train", tmp_path / "train", [f"experiment={train_experiment}"])
+    ship = compose_config("pipeline", tmp_path / "pipeline", [f"experiment={pipeline_experiment}"])
     assert comparable(ship.classifier.model) == comparable(train.model)
-    assert not ship.classifier.model.distill.get("flip", False) and ship.classifier.model.distill.teachers[0].endswith("fer/assets/teacher/emotion_classifier.ckpt")
     trainer = comparable(ship.classifier.trainer)
     assert trainer.pop("limit_train_batches") == 225 and trainer.pop("enable_progress_bar") is False
-    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"} and trainer["max_epochs"] == 70
+    assert trainer == {k: v for k, v in comparable(train.trainer).items() if k != "enable_progress_bar"} and trainer["max_epochs"] == epochs
     assert ship.classifier.data.balance == "none" and list(ship.evaluate.splits) == ["val"]
+
+
+def test_the_shipped_student_learns_from_the_shipped_teachers_one_view(tmp_path):
+    ship = compose_config("pipeline", tmp_path, ["experiment=ship_student"])
+    assert not ship.classifier.model.distill.get("flip", False) and ship.classifier.model.distill.teachers[0].endswith("fer/assets/teacher/emotion_classifier.ckpt")
 
 
 def test_the_pipeline_config_that_ships_the_model_runs_end_to_end_at_a_tiny_budget(fer_folders, tmp_path):
